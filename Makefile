@@ -1,0 +1,41 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Each sets up what it needs.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export OMP_NUM_THREADS ?= 1
+export HF_HUB_OFFLINE := 1
+export DO_NOT_TRACK := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is pinned to 2.13.0 in pyproject.toml: the CPU build, no multi-GB CUDA download.
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/evalhub demo --home .demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+unit: install
+	$(PY) -m pytest -q
+
+test: lint unit
+
+bench: install
+	$(PY) bench/registry.py
+
+clean:
+	rm -rf .demo .pytest_cache .ruff_cache bench/results

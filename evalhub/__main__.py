@@ -1,0 +1,3 @@
+from evalhub.cli import app
+
+app(prog_name="evalhub")

@@ -1,0 +1,58 @@
+"""Annotated dependencies: the platform, the calling principal, and role checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from evalhub.auth.tokens import Principal, Role, authenticate
+from evalhub.platform import Platform
+from registry.errors import ErrorCode, RegistryError
+
+bearer = HTTPBearer(auto_error=False, description="An API token from `evalhub token create`.")
+
+
+def get_platform(request: Request) -> Platform:
+    return request.app.state.platform
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+
+
+def get_principal(
+    request: Request,
+    platform: PlatformDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    local: Principal | None = request.app.state.local_principal
+    if local is not None:
+        return local
+    if credentials is None or not credentials.credentials:
+        raise RegistryError(
+            ErrorCode.UNAUTHENTICATED,
+            "no API token: send 'Authorization: Bearer <token>' (set EVALHUB_TOKEN for the CLI; "
+            "an admin makes tokens with 'evalhub token create')",
+        )
+    principal = authenticate(platform.engine, credentials.credentials)
+    if principal is None:
+        raise RegistryError(ErrorCode.UNAUTHENTICATED, "the API token is unknown or revoked")
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def requires(role: Role) -> Callable[[Principal], Principal]:
+    def check(principal: CurrentPrincipal) -> Principal:
+        principal.require(role, "this request")
+        return principal
+
+    return check
+
+
+Viewer = Annotated[Principal, Depends(requires(Role.VIEWER))]
+Editor = Annotated[Principal, Depends(requires(Role.EDITOR))]
+Admin = Annotated[Principal, Depends(requires(Role.ADMIN))]

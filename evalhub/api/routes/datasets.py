@@ -1,0 +1,89 @@
+"""Datasets and their content-addressed versions (JSONL files)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi.responses import FileResponse
+
+from evalhub.api.deps import Editor, PlatformDep, Viewer
+from evalhub.api.routes.uploads import uploaded_file
+from evalhub.api.schemas import DatasetCreate, DatasetVersionCreated
+from registry.entities import Dataset, DatasetFormat, DatasetVersion, Page
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+@router.post("", status_code=201)
+def create_dataset(body: DatasetCreate, platform: PlatformDep, principal: Editor) -> Dataset:
+    return platform.registry.create_dataset(
+        body.name, description=body.description, tags=body.tags, actor=principal.name
+    )
+
+
+@router.get("")
+def list_datasets(
+    platform: PlatformDep, _: Viewer, limit: Limit = 50, page_token: str | None = None
+) -> Page[Dataset]:
+    return platform.registry.search_datasets(limit=limit, page_token=page_token)
+
+
+@router.get("/{name}")
+def get_dataset(name: str, platform: PlatformDep, _: Viewer) -> Dataset:
+    return platform.registry.get_dataset(name)
+
+
+@router.post("/{name}/versions", status_code=201)
+def add_dataset_version(
+    name: str,
+    platform: PlatformDep,
+    principal: Editor,
+    response: Response,
+    file: Annotated[UploadFile, File(description="a JSONL file")],
+    format: Annotated[DatasetFormat, Form(description="chat or eval")] = DatasetFormat.CHAT,
+    split: Annotated[str | None, Form()] = None,
+    create: Annotated[bool, Form(description="create the dataset if it is missing")] = False,
+) -> DatasetVersionCreated:
+    """Store a JSONL file; the same content again answers 200 with the existing version."""
+    if not create:
+        platform.registry.get_dataset(name)
+    with uploaded_file(platform, file) as path:
+        version, created = platform.registry.add_dataset_version(
+            name,
+            path,
+            format=format,
+            split=split or None,
+            filename=file.filename or "",
+            create=create,
+            actor=principal.name,
+        )
+    if not created:
+        response.status_code = 200
+    return DatasetVersionCreated(created=created, version=version)
+
+
+@router.get("/{name}/versions")
+def list_dataset_versions(
+    name: str, platform: PlatformDep, _: Viewer, limit: Limit = 50, page_token: str | None = None
+) -> Page[DatasetVersion]:
+    return platform.registry.search_dataset_versions(name, limit=limit, page_token=page_token)
+
+
+@router.get("/{name}/versions/{version}")
+def get_dataset_version(
+    name: str, version: int, platform: PlatformDep, _: Viewer
+) -> DatasetVersion:
+    return platform.registry.get_dataset_version(name, version)
+
+
+@router.get("/{name}/versions/{version}/content", response_class=FileResponse)
+def get_dataset_content(name: str, version: int, platform: PlatformDep, _: Viewer) -> FileResponse:
+    entity = platform.registry.get_dataset_version(name, version)
+    return FileResponse(
+        platform.registry.dataset_path(entity.ref),
+        media_type="application/jsonl",
+        filename=entity.filename or f"{name}-{version}.jsonl",
+    )

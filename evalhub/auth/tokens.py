@@ -1,0 +1,164 @@
+"""API tokens: random secrets shown once, stored as sha256 digests, each with one role."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from evalhub.db.tables import ApiTokenRow, AuditRow
+from registry.db import writer
+from registry.errors import ErrorCode, RegistryError, already_exists, not_found
+from registry.names import check_name
+from registry.tables import utcnow
+
+TOKEN_PREFIX = "ehk_"
+
+
+class Role(StrEnum):
+    VIEWER = "viewer"
+    EDITOR = "editor"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return _RANKS[self]
+
+    def allows(self, needed: Role) -> bool:
+        return self.rank >= needed.rank
+
+
+_RANKS = {Role.VIEWER: 0, Role.EDITOR: 1, Role.ADMIN: 2}
+
+
+class Principal(BaseModel):
+    """Who is calling: a token's name and role."""
+
+    name: str
+    role: Role
+
+    def require(self, needed: Role, doing: str) -> None:
+        if not self.role.allows(needed):
+            raise RegistryError(
+                ErrorCode.PERMISSION_DENIED,
+                f"{doing} needs the {needed.value} role; token {self.name!r} is {self.role.value}",
+            )
+
+
+class TokenInfo(BaseModel):
+    name: str
+    role: Role
+    prefix: str
+    created_at: datetime
+    created_by: str
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def parse_role(value: str) -> Role:
+    try:
+        return Role(value)
+    except ValueError as error:
+        raise RegistryError(
+            ErrorCode.INVALID_ARGUMENT, f"invalid role {value!r}: use viewer, editor or admin"
+        ) from error
+
+
+def create_token(
+    engine: Engine, name: str, role: Role | str, *, actor: str, secret: str | None = None
+) -> tuple[TokenInfo, str]:
+    """Returns the token's info and its secret; the secret is never shown again."""
+    check_name(name, "token")
+    role = parse_role(role)
+    secret = secret or new_secret()
+    if len(secret) < 16:
+        raise RegistryError(ErrorCode.INVALID_ARGUMENT, "a token must be at least 16 characters")
+    with Session(writer(engine), expire_on_commit=False) as session:
+        if session.exec(select(ApiTokenRow).where(ApiTokenRow.name == name)).first():
+            raise already_exists(f"a token named {name!r} exists; pick another name or revoke it")
+        row = ApiTokenRow(
+            name=name,
+            role=role.value,
+            token_hash=hash_token(secret),
+            prefix=secret[:8],
+            created_by=actor,
+        )
+        session.add(row)
+        session.flush()
+        info = _info(row)
+        after = info.model_dump(mode="json")
+        session.add(
+            AuditRow(actor=actor, action="token.create", resource=f"tokens/{name}", after=after)
+        )
+        session.commit()
+    return info, secret
+
+
+def revoke_token(engine: Engine, name: str, *, actor: str) -> TokenInfo:
+    with Session(writer(engine), expire_on_commit=False) as session:
+        row = session.exec(select(ApiTokenRow).where(ApiTokenRow.name == name)).first()
+        if row is None:
+            raise not_found(f"no token named {name!r}")
+        before = _info(row).model_dump(mode="json")
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+            session.add(row)
+        info = _info(row)
+        session.add(
+            AuditRow(
+                actor=actor,
+                action="token.revoke",
+                resource=f"tokens/{name}",
+                before=before,
+                after=info.model_dump(mode="json"),
+            )
+        )
+        session.commit()
+    return info
+
+
+def list_tokens(engine: Engine) -> list[TokenInfo]:
+    with Session(engine) as session:
+        rows = session.exec(select(ApiTokenRow).order_by(col(ApiTokenRow.id)))
+        return [_info(row) for row in rows]
+
+
+def authenticate(engine: Engine, secret: str) -> Principal | None:
+    """The principal a secret belongs to, or None when it is unknown or revoked."""
+    with Session(engine) as session:
+        row = session.exec(
+            select(ApiTokenRow).where(ApiTokenRow.token_hash == hash_token(secret))
+        ).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        return Principal(name=row.name, role=Role(row.role))
+
+
+def has_tokens(engine: Engine) -> bool:
+    with Session(engine) as session:
+        return session.exec(select(ApiTokenRow.id).limit(1)).first() is not None
+
+
+def _info(row: ApiTokenRow) -> TokenInfo:
+    return TokenInfo(
+        name=row.name,
+        role=Role(row.role),
+        prefix=row.prefix,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at,
+    )

@@ -1,0 +1,130 @@
+"""Top-level commands: serve, db, token, resolve, audit; the registry's groups are mounted here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from evalhub.cli.output import api_errors, console, fail, fields, print_json, table
+from evalhub.cli.registry import alias_app, datasets_app, models_app, versions_app
+from evalhub.client import Client
+from evalhub.settings import Settings
+
+app = typer.Typer(
+    help="evalhub: train, register, serve, evaluate, gate, roll out and roll back LLM adapters.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
+
+app.add_typer(models_app, name="models")
+app.add_typer(versions_app, name="versions")
+app.add_typer(alias_app, name="alias")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+) -> None:
+    """Run the API server on EVALHUB_HOME (or EVALHUB_DATABASE_URL), migrating it to head first."""
+    import uvicorn
+
+    from evalhub.api.app import create_app
+    from evalhub.bootstrap import ensure_admin_token
+    from evalhub.platform import Platform
+
+    settings = Settings()
+    platform = Platform.open(settings)
+    secret = ensure_admin_token(platform)
+    if secret:
+        console.print(
+            f"[bold yellow]admin token (shown once, keep it):[/] {secret}\n"
+            f"  export EVALHUB_URL=http://{host}:{port} EVALHUB_TOKEN={secret}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    uvicorn.run(create_app(platform=platform), host=host, port=port, log_level="info")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database to the newest schema."""
+    from evalhub.db import migrate
+    from registry.db import create_engine
+
+    settings = Settings()
+    settings.ensure_home()
+    engine = create_engine(settings.resolved_database_url)
+    migrate.upgrade(engine)
+    console.print(f"database at revision {migrate.current_revision(engine)}")
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option(help="A name for whoever holds it, e.g. ci")],
+    role: Annotated[str, typer.Option(help="viewer, editor or admin")] = "viewer",
+) -> None:
+    """Create an API token; its secret is printed once."""
+    with api_errors(), Client.connect() as client:
+        created = client.post("/tokens", {"name": name, "role": role})
+    console.print(f"token [bold]{name}[/] ({role}), shown once:")
+    typer.echo(created["token"])
+
+
+@token_app.command("list")
+def token_list(as_json: JsonFlag = False) -> None:
+    """List tokens (never their secrets)."""
+    with api_errors(), Client.connect() as client:
+        rows = client.get("/tokens")
+    if as_json:
+        print_json(rows)
+        return
+    table(rows, ["name", "role", "prefix", "created_at", "created_by", "revoked_at"], "tokens")
+
+
+@token_app.command("revoke")
+def token_revoke(name: str) -> None:
+    """Revoke a token at once."""
+    with api_errors(), Client.connect() as client:
+        client.delete(f"/tokens/{name}")
+    console.print(f"revoked token {name}")
+
+
+@app.command()
+def resolve(
+    ref: Annotated[str, typer.Argument(help="name, name/3 or name@alias")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Resolve a model reference to its exact version."""
+    with api_errors(), Client.connect() as client:
+        version = client.get("/resolve", ref=ref)
+    if as_json:
+        print_json(version)
+        return
+    fields(version, ["ref", "kind", "status", "digest", "base", "aliases"])
+
+
+@app.command()
+def audit(
+    limit: int = 50,
+    actor: str | None = None,
+    resource: Annotated[str | None, typer.Option(help="resource prefix, e.g. models/bot")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The audit log, newest first (admin)."""
+    if limit < 1:
+        fail("--limit must be at least 1")
+    with api_errors(), Client.connect() as client:
+        page = client.get("/audit", limit=limit, actor=actor, resource=resource)
+    if as_json:
+        print_json(page["data"])
+        return
+    table(page["data"], ["id", "at", "actor", "action", "resource"], "audit")

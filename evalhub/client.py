@@ -1,0 +1,122 @@
+"""The REST client the CLI uses: a real server at EVALHUB_URL, or the same app in-process."""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from evalhub.settings import Settings
+
+API = "/api/v1"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class _ProgressReader:
+    """A file wrapper that reports bytes as httpx reads them, for upload progress bars."""
+
+    def __init__(self, handle: IO[bytes], progress: Callable[[int], None] | None) -> None:
+        self._handle = handle
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        if chunk and self._progress:
+            self._progress(len(chunk))
+        return chunk
+
+
+class Client:
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+
+    @classmethod
+    @contextmanager
+    def connect(cls, settings: Settings | None = None) -> Iterator[Client]:
+        settings = settings or Settings()
+        if settings.url:
+            headers = {}
+            if settings.token is not None:
+                headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
+            with httpx.Client(base_url=settings.url, headers=headers, timeout=600) as http:
+                yield cls(http)
+            return
+        # In-process: the same app and routes, acting as the local user on their own home.
+        from fastapi.testclient import TestClient
+
+        from evalhub.api.app import create_app
+        from evalhub.auth.tokens import Principal, Role
+
+        principal = Principal(name=f"local:{getpass.getuser()}", role=Role.ADMIN)
+        app = create_app(settings, local_principal=principal)
+        with TestClient(app, base_url="http://evalhub.local", raise_server_exceptions=True) as http:
+            yield cls(http)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, API + path, **kwargs)
+        except httpx.TransportError as error:
+            raise ApiError(
+                0, "UNAVAILABLE", f"cannot reach {self.http.base_url}: {error}"
+            ) from error
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                raise ApiError(response.status_code, error["code"], error["message"])
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(response.status_code, "HTTP_ERROR", response.text[:500]) from None
+        if response.status_code == 204 or not response.content:
+            return None
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.content
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, json=body)
+
+    def put(self, path: str, body: Any = None) -> Any:
+        return self.request("PUT", path, json=body)
+
+    def patch(self, path: str, body: Any = None) -> Any:
+        return self.request("PATCH", path, json=body)
+
+    def delete(self, path: str, **params: Any) -> Any:
+        return self.request(
+            "DELETE", path, params={k: v for k, v in params.items() if v is not None}
+        )
+
+    def upload(
+        self,
+        path: str,
+        file: Path,
+        fields: dict[str, str],
+        progress: Callable[[int], None] | None = None,
+    ) -> Any:
+        with file.open("rb") as handle:
+            files = {"file": (file.name, _ProgressReader(handle, progress))}
+            data = {k: v for k, v in fields.items() if v is not None}
+            return self.request("POST", path, files=files, data=data)
+
+    def paged(self, path: str, **params: Any) -> Iterator[Any]:
+        """Every item of a paged list, following next_page_token."""
+        token = None
+        while True:
+            page = self.get(path, page_token=token, **params)
+            yield from page["data"]
+            token = page.get("next_page_token")
+            if not token:
+                return

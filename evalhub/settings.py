@@ -1,0 +1,53 @@
+"""One place for every setting, read from the environment (EVALHUB_*) or a .env file."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVALHUB_", env_file=".env", extra="ignore")
+
+    home: Path = Field(
+        default=Path.home() / ".evalhub",
+        description="Where the embedded database, artifacts and caches live.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; SQLite at HOME/evalhub.db when unset.",
+    )
+    artifact_url: str | None = Field(
+        default=None,
+        description="Artifact store root: a local directory or any fsspec URL (s3://...).",
+    )
+    allow_server_paths: bool = Field(
+        default=False,
+        description="Let API callers register directories that already sit on the server.",
+    )
+    max_upload_bytes: int = Field(
+        default=8 * 1024**3, description="Largest upload, and largest unpacked archive, in bytes."
+    )
+    max_archive_members: int = Field(default=20_000, description="Most files in one archive.")
+    admin_token: SecretStr | None = Field(
+        default=None, description="Admin token to install on a fresh home instead of a random one."
+    )
+    url: str | None = Field(
+        default=None, description="The CLI talks to this server; in-process when unset."
+    )
+    token: SecretStr | None = Field(default=None, description="The CLI's API token.")
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'evalhub.db'}"
+
+    @cached_property
+    def resolved_artifact_url(self) -> str:
+        return self.artifact_url or str(self.home / "artifacts")
+
+    def ensure_home(self) -> Path:
+        self.home.mkdir(parents=True, exist_ok=True)
+        return self.home

@@ -1,0 +1,133 @@
+"""Shared fixtures: isolated databases (SQLite and PostgreSQL), platforms and real tiny models."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+POSTGRES_URL = os.environ.get(
+    "EVALHUB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database per test: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'evalhub.db'}"
+        return
+    yield from postgres_schema()
+
+
+def postgres_schema() -> Iterator[str]:
+    from registry.db import create_engine
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as error:  # the suite must not pass silently without PostgreSQL
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is needed for this test: {error}")
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str):  # type: ignore[no-untyped-def]
+    from evalhub.settings import Settings
+
+    return Settings(home=tmp_path / "home", database_url=database_url, _env_file=None)
+
+
+@pytest.fixture
+def platform(settings):  # type: ignore[no-untyped-def]
+    from evalhub.platform import Platform
+
+    opened = Platform.open(settings)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def store(platform):  # type: ignore[no-untyped-def]
+    return platform.registry
+
+
+# -- real tiny models ----------------------------------------------------------------------------
+
+
+def save_tiny_llama(directory: Path, *, hidden: int = 64, seed: int = 0) -> Path:
+    """A random-weight Llama small enough to save in milliseconds; real files, real shapes."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=300,
+        max_position_embeddings=128,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def save_lora_adapter(
+    base_dir: Path, directory: Path, *, base_name: str, rank: int = 4, seed: int = 0
+) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"])
+    )
+    # Non-zero B so that the adapter really changes outputs.
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.02)
+    peft_model.save_pretrained(directory)
+    config_path = directory / "adapter_config.json"
+    import json
+
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = base_name
+    config_path.write_text(json.dumps(config, indent=2))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two bases of different widths and adapters on each; built once per session."""
+    root = tmp_path_factory.mktemp("models")
+    base = save_tiny_llama(root / "base", hidden=64)
+    wide = save_tiny_llama(root / "wide", hidden=96, seed=1)
+    return {
+        "base": base,
+        "base_copy": save_tiny_llama(root / "base_copy", hidden=64),
+        "wide": wide,
+        "adapter": save_lora_adapter(base, root / "adapter", base_name="tiny/1"),
+        "adapter2": save_lora_adapter(base, root / "adapter2", base_name="tiny/1", seed=2),
+        "wide_adapter": save_lora_adapter(wide, root / "wide_adapter", base_name="wide/1"),
+    }
