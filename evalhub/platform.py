@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 
 from evalhub.audit import record_mutation
 from evalhub.db import migrate
+from evalhub.jobs.queue import JobQueue
 from evalhub.settings import Settings
 from registry.artifacts import ArtifactStore
 from registry.db import create_engine
@@ -19,6 +20,7 @@ class Platform:
     settings: Settings
     engine: Engine
     registry: RegistryStore
+    jobs: JobQueue
 
     @classmethod
     def open(cls, settings: Settings, *, upgrade: bool = True) -> Platform:
@@ -28,7 +30,7 @@ class Platform:
             migrate.upgrade(engine)
         artifacts = ArtifactStore(settings.resolved_artifact_url, cache_dir=settings.home / "cache")
         registry = RegistryStore(engine, artifacts, listeners=[record_mutation])
-        return cls(settings=settings, engine=engine, registry=registry)
+        return cls(settings=settings, engine=engine, registry=registry, jobs=JobQueue(engine))
 
     def close(self) -> None:
         self.engine.dispose()

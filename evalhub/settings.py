@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="Admin token to install on a fresh home instead of a random one."
     )
+    run_worker: bool = Field(
+        default=True, description="Run a job worker inside `evalhub serve` (the embedded default)."
+    )
     url: str | None = Field(
         default=None, description="The CLI talks to this server; in-process when unset."
     )

@@ -14,6 +14,8 @@ from evalhub.api import errors
 from evalhub.api.middleware import BodySizeLimit, PrometheusMetrics
 from evalhub.api.routes import admin, aliases, datasets, health, models
 from evalhub.auth.tokens import Principal
+from evalhub.jobs.handlers import default_handlers
+from evalhub.jobs.worker import Worker
 from evalhub.platform import Platform
 from evalhub.settings import Settings
 
@@ -30,8 +32,12 @@ def create_app(
     *,
     platform: Platform | None = None,
     local_principal: Principal | None = None,
+    run_worker: bool = False,
 ) -> FastAPI:
-    """`local_principal` skips token checks: the CLI's in-process mode on the user's own home."""
+    """`local_principal` skips token checks: the CLI's in-process mode on the user's own home.
+
+    `run_worker` runs a job worker in the server process (what `evalhub serve` does by default).
+    """
     settings = settings or (platform.settings if platform else Settings())
 
     @asynccontextmanager
@@ -39,9 +45,14 @@ def create_app(
         owned = app.state.platform is None
         if owned:
             app.state.platform = Platform.open(settings)
+        worker = None
+        if run_worker:
+            worker = Worker(app.state.platform.jobs, default_handlers()).start()
         try:
             yield
         finally:
+            if worker is not None:
+                worker.stop()
             if owned:
                 app.state.platform.close()
                 app.state.platform = None

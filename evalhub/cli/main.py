@@ -51,7 +51,27 @@ def serve(
             highlight=False,
             soft_wrap=True,
         )
-    uvicorn.run(create_app(platform=platform), host=host, port=port, log_level="info")
+    app_ = create_app(platform=platform, run_worker=settings.run_worker)
+    uvicorn.run(app_, host=host, port=port, log_level="info")
+
+
+@app.command()
+def worker(
+    poll: Annotated[float, typer.Option(help="Seconds between looks at the queue")] = 1.0,
+) -> None:
+    """Run a job worker (fine-tuning, evaluation) against EVALHUB_DATABASE_URL until stopped."""
+    from evalhub.jobs.handlers import default_handlers
+    from evalhub.jobs.worker import Worker
+    from evalhub.platform import Platform
+
+    platform = Platform.open(Settings())
+    handlers = default_handlers()
+    runner = Worker(platform.jobs, handlers, poll_seconds=poll)
+    console.print(f"worker {runner.worker_id} for {', '.join(sorted(handlers)) or 'no'} jobs")
+    try:
+        runner.run_forever()
+    except KeyboardInterrupt:
+        console.print("stopped")
 
 
 @db_app.command("upgrade")

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from sqlmodel import SQLModel
 
-import registry.tables  # noqa: F401
+from evalhub.db import tables as evalhub_tables
+from evalhub.jobs import tables as job_tables
+from registry import tables as registry_tables
+
+#: Importing these modules registers their tables on the one metadata; add new table modules here.
+TABLE_MODULES = (evalhub_tables, job_tables, registry_tables)
 
 metadata = SQLModel.metadata

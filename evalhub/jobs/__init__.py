@@ -1,0 +1,16 @@
+"""Jobs: durable state in the database, workers that claim and run them."""
+
+from evalhub.jobs.queue import Job, JobEvent, JobQueue, JobStatus, new_job_id
+from evalhub.jobs.worker import Handler, JobCancelled, JobContext, Worker
+
+__all__ = [
+    "Handler",
+    "Job",
+    "JobCancelled",
+    "JobContext",
+    "JobEvent",
+    "JobQueue",
+    "JobStatus",
+    "Worker",
+    "new_job_id",
+]

@@ -1,0 +1,270 @@
+"""A job queue in the database: submit, claim (SKIP LOCKED on PostgreSQL), events, cancel, requeue.
+
+Workers on any machine claim queued jobs; a job whose worker stops heartbeating goes back to the
+queue and its handler resumes from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import Engine, func, update
+from sqlmodel import Session, col, select
+
+from evalhub.jobs.tables import JobEventRow, JobRow
+from registry.db import writer
+from registry.entities import Page
+from registry.errors import ErrorCode, RegistryError, not_found
+from registry.store import decode_page_token, encode_page_token
+from registry.tables import utcnow
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+
+
+class Job(BaseModel):
+    id: str
+    kind: str
+    status: JobStatus
+    payload: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    created_by: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    worker_id: str | None
+    attempts: int
+    cancel_requested: bool
+
+
+class JobEvent(BaseModel):
+    id: int
+    job_id: str
+    created_at: datetime
+    level: str
+    message: str
+    data: dict[str, Any] | None
+
+
+def new_job_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+class JobQueue:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = writer(engine)
+
+    def submit(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        actor: str = "",
+        job_id: str | None = None,
+        status: JobStatus = JobStatus.QUEUED,
+        message: str | None = None,
+    ) -> Job:
+        """Persists the job (and its first event) before returning: acknowledged means stored."""
+        job_id = job_id or new_job_id(kind)
+        with Session(self._writer, expire_on_commit=False) as session:
+            seq = session.exec(select(func.max(JobRow.seq))).one() or 0
+            row = JobRow(
+                id=job_id, seq=seq + 1, kind=kind, status=status, payload=payload, created_by=actor
+            )
+            session.add(row)
+            session.flush()
+            session.add(JobEventRow(job_id=job_id, message=message or f"{kind} job created"))
+            session.commit()
+            return _job(row)
+
+    def get(self, job_id: str) -> Job:
+        with Session(self.engine) as session:
+            return _job(_get(session, job_id))
+
+    def search(
+        self,
+        *,
+        kind: str | None = None,
+        limit: int = 20,
+        page_token: str | None = None,
+        newest_first: bool = True,
+    ) -> Page[Job]:
+        after = decode_page_token(page_token)
+        query = select(JobRow)
+        if kind:
+            query = query.where(JobRow.kind == kind)
+        order = col(JobRow.seq).desc() if newest_first else col(JobRow.seq)
+        if after is not None:
+            query = query.where(
+                col(JobRow.seq) < after if newest_first else col(JobRow.seq) > after
+            )
+        with Session(self.engine) as session:
+            rows = list(session.exec(query.order_by(order).limit(limit + 1)))
+        token = encode_page_token(rows[limit - 1].seq) if len(rows) > limit else None  # type: ignore[arg-type]
+        return Page(data=[_job(r) for r in rows[:limit]], next_page_token=token)
+
+    def add_event(
+        self, job_id: str, message: str, *, level: str = "info", data: dict[str, Any] | None = None
+    ) -> None:
+        with Session(self.engine) as session:
+            session.add(JobEventRow(job_id=job_id, level=level, message=message, data=data))
+            session.commit()
+
+    def events(self, job_id: str, *, after: int | None = None, limit: int = 1000) -> list[JobEvent]:
+        with Session(self.engine) as session:
+            _get(session, job_id)
+            query = select(JobEventRow).where(JobEventRow.job_id == job_id)
+            if after is not None:
+                query = query.where(col(JobEventRow.id) > after)
+            rows = session.exec(query.order_by(col(JobEventRow.id)).limit(limit))
+            return [JobEvent.model_validate(r, from_attributes=True) for r in rows]
+
+    def set_status(self, job_id: str, status: JobStatus, message: str | None = None) -> Job:
+        """For phases before a worker owns the job (e.g. validating files before queueing)."""
+        with Session(self._writer, expire_on_commit=False) as session:
+            row = _get(session, job_id)
+            row.status = status
+            if status.finished:
+                row.finished_at = utcnow()
+            session.add(row)
+            if message:
+                session.add(JobEventRow(job_id=job_id, message=message))
+            session.commit()
+            return _job(row)
+
+    def cancel(self, job_id: str, *, actor: str = "") -> Job:
+        """A queued job is cancelled at once; a running one is asked to stop at its next check."""
+        with Session(self._writer, expire_on_commit=False) as session:
+            row = _get(session, job_id, lock=True)
+            status = JobStatus(row.status)
+            if status.finished:
+                raise RegistryError(
+                    ErrorCode.FAILED_PRECONDITION, f"job {job_id} already {status.value}"
+                )
+            if status is JobStatus.RUNNING:
+                row.cancel_requested = True
+                message = f"cancellation requested by {actor or 'a user'}"
+            else:
+                row.status = JobStatus.CANCELLED
+                row.finished_at = utcnow()
+                message = f"cancelled by {actor or 'a user'}"
+            session.add(row)
+            session.add(JobEventRow(job_id=job_id, message=message))
+            session.commit()
+            return _job(row)
+
+    def claim(self, worker_id: str, kinds: Iterable[str]) -> Job | None:
+        """Takes the oldest queued job of these kinds; concurrent workers never take the same one."""
+        kinds = list(kinds)
+        with Session(self._writer, expire_on_commit=False) as session:
+            query = (
+                select(JobRow)
+                .where(JobRow.status == JobStatus.QUEUED, col(JobRow.kind).in_(kinds))
+                .order_by(col(JobRow.seq))
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            row = session.exec(query).first()
+            if row is None:
+                return None
+            now = utcnow()
+            row.status = JobStatus.RUNNING
+            row.worker_id = worker_id
+            row.started_at = row.started_at or now
+            row.heartbeat_at = now
+            row.attempts += 1
+            session.add(row)
+            resumed = " (resuming)" if row.attempts > 1 else ""
+            session.add(JobEventRow(job_id=row.id, message=f"started on {worker_id}{resumed}"))
+            session.commit()
+            return _job(row)
+
+    def heartbeat(self, job_id: str, worker_id: str) -> bool:
+        """Records liveness; returns whether cancellation was requested."""
+        with Session(self.engine) as session:
+            session.exec(
+                update(JobRow)
+                .where(col(JobRow.id) == job_id, col(JobRow.worker_id) == worker_id)
+                .values(heartbeat_at=utcnow())
+            )  # type: ignore[call-overload]
+            session.commit()
+            row = session.get(JobRow, job_id)
+            return bool(row and row.cancel_requested)
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        message: str | None = None,
+    ) -> Job:
+        with Session(self._writer, expire_on_commit=False) as session:
+            row = _get(session, job_id, lock=True)
+            row.status = status
+            row.result = result
+            row.error = error
+            row.finished_at = utcnow()
+            session.add(row)
+            text = message or (f"{status.value}: {error}" if error else status.value)
+            session.add(
+                JobEventRow(job_id=job_id, level="error" if error else "info", message=text)
+            )
+            session.commit()
+            return _job(row)
+
+    def requeue_stale(self, older_than: timedelta) -> list[str]:
+        """Running jobs whose worker stopped heartbeating go back to the queue."""
+        cutoff = utcnow() - older_than
+        with Session(self._writer, expire_on_commit=False) as session:
+            rows = list(
+                session.exec(
+                    select(JobRow)
+                    .where(JobRow.status == JobStatus.RUNNING, col(JobRow.heartbeat_at) < cutoff)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            for row in rows:
+                row.status = JobStatus.QUEUED
+                session.add(row)
+                session.add(
+                    JobEventRow(
+                        job_id=row.id,
+                        level="warning",
+                        message=f"worker {row.worker_id} stopped responding; job requeued",
+                    )
+                )
+            session.commit()
+            return [row.id for row in rows]
+
+
+def _get(session: Session, job_id: str, *, lock: bool = False) -> JobRow:
+    query = select(JobRow).where(JobRow.id == job_id)
+    if lock:
+        query = query.with_for_update()
+    row = session.exec(query).first()
+    if row is None:
+        raise not_found(f"no job {job_id!r}")
+    return row
+
+
+def _job(row: JobRow) -> Job:
+    return Job.model_validate(row, from_attributes=True)

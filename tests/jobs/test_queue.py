@@ -1,0 +1,106 @@
+"""The job queue on SQLite and PostgreSQL: durable submit, exclusive claims, cancel, requeue."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+
+from evalhub.jobs import JobContext, JobQueue, JobStatus, Worker
+from registry.errors import ErrorCode, RegistryError
+
+
+@pytest.fixture
+def queue(platform) -> JobQueue:  # type: ignore[no-untyped-def]
+    return platform.jobs
+
+
+def test_jobs_are_claimed_once_in_order(queue: JobQueue) -> None:
+    ids = [queue.submit("echo", {"n": i}, actor="alice").id for i in range(20)]
+    assert queue.get(ids[0]).status is JobStatus.QUEUED
+
+    def claim_all(worker: str) -> list[str]:
+        claimed = []
+        while (job := queue.claim(worker, ["echo"])) is not None:
+            claimed.append(job.id)
+        return claimed
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(claim_all, ["w1", "w2", "w3", "w4"]))
+    claimed = [job_id for result in results for job_id in result]
+    assert sorted(claimed) == sorted(ids) and len(set(claimed)) == 20
+    assert queue.claim("w5", ["echo"]) is None
+    assert queue.claim("w5", ["other"]) is None
+    page = queue.search(kind="echo", limit=5)
+    assert [j.id for j in page.data] == ids[::-1][:5] and page.next_page_token
+
+
+def test_worker_runs_handlers_and_records_events(queue: JobQueue) -> None:
+    def echo(context: JobContext) -> dict:
+        context.event("working", data={"step": 1})
+        if context.job.payload.get("fail"):
+            raise ValueError("bad payload")
+        return {"echo": context.job.payload["n"]}
+
+    worker = Worker(queue, {"echo": echo}, heartbeat_seconds=0.05)
+    good = queue.submit("echo", {"n": 7})
+    bad = queue.submit("echo", {"n": 1, "fail": True})
+    assert worker.run_once() and worker.run_once() and not worker.run_once()
+    done = queue.get(good.id)
+    assert done.status is JobStatus.SUCCEEDED and done.result == {"echo": 7}
+    failed = queue.get(bad.id)
+    assert failed.status is JobStatus.FAILED and "bad payload" in (failed.error or "")
+    messages = [e.message for e in queue.events(good.id)]
+    assert (
+        messages[0] == "echo job created" and "working" in messages and messages[-1] == "succeeded"
+    )
+
+
+def test_cancel_queued_and_running(queue: JobQueue) -> None:
+    queued = queue.submit("slow", {})
+    assert queue.cancel(queued.id).status is JobStatus.CANCELLED
+    with pytest.raises(RegistryError) as caught:
+        queue.cancel(queued.id)
+    assert caught.value.code is ErrorCode.FAILED_PRECONDITION
+
+    started = threading.Event()
+
+    def slow(context: JobContext) -> dict:
+        started.set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            context.check_cancelled()
+            time.sleep(0.02)
+        return {}
+
+    running = queue.submit("slow", {})
+    worker = Worker(queue, {"slow": slow}, heartbeat_seconds=0.05)
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+    assert started.wait(10)
+    queue.cancel(running.id, actor="bob")
+    thread.join(20)
+    assert queue.get(running.id).status is JobStatus.CANCELLED
+    assert any("bob" in e.message for e in queue.events(running.id))
+
+
+def test_a_job_whose_worker_died_is_requeued_and_resumed(queue: JobQueue) -> None:
+    job = queue.submit("train", {})
+    claimed = queue.claim("dead-worker", ["train"])
+    assert claimed is not None and claimed.attempts == 1
+    # The worker dies: no heartbeat. Another worker requeues it once it is stale.
+    assert queue.requeue_stale(timedelta(hours=1)) == []
+    time.sleep(0.05)
+    assert queue.requeue_stale(timedelta(milliseconds=10)) == [job.id]
+    seen: list[bool] = []
+
+    def train(context: JobContext) -> dict:
+        seen.append(context.resumed)
+        return {"ok": True}
+
+    assert Worker(queue, {"train": train}).run_once()
+    assert seen == [True] and queue.get(job.id).status is JobStatus.SUCCEEDED
+    assert any("requeued" in e.message for e in queue.events(job.id))
