@@ -1,0 +1,34 @@
+"""The tiny base model is built once per session (about 15 s of pretraining on one thread)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from evalhub.finetune.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-base"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_base: Path):
+    from evalhub.finetune.loading import load_tokenizer
+
+    return load_tokenizer(tiny_base)
