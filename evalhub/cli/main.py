@@ -56,6 +56,20 @@ def serve(
 
 
 @app.command()
+def demo(
+    home: Annotated[
+        str, typer.Option(help="Where the demo's EVALHUB_HOME goes (recreated)")
+    ] = ".demo",
+) -> None:
+    """Run the whole loop on a tiny model, offline, on CPU, in a few minutes."""
+    from pathlib import Path
+
+    from evalhub.demo import run_demo
+
+    run_demo(Path(home))
+
+
+@app.command()
 def worker(
     poll: Annotated[float, typer.Option(help="Seconds between looks at the queue")] = 1.0,
 ) -> None:

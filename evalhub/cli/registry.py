@@ -118,6 +118,7 @@ def register_directory(
         fields_ = {
             "base": base,
             "description": description,
+            "source": str(directory.resolve()),
             "lineage": json.dumps(lineage) if lineage else None,
         }
         with byte_progress(f"uploading {directory.name}", archive.stat().st_size) as advance:

@@ -76,6 +76,7 @@ def register_version(
     path: Annotated[str | None, Form(description="server-side directory, if allowed")] = None,
     base: Annotated[str | None, Form(description="base version ref, for adapters")] = None,
     description: Annotated[str, Form()] = "",
+    source: Annotated[str | None, Form(description="where the files came from, for people")] = None,
     tags: Annotated[str | None, Form(description="JSON object")] = None,
     lineage: Annotated[str | None, Form(description="JSON LineageInput")] = None,
 ) -> ModelVersion:
@@ -90,7 +91,7 @@ def register_version(
             base=base,
             description=description,
             tags=parsed_tags,
-            source=path if path is not None else f"upload:{file.filename if file else ''}",
+            source=path or source or f"upload:{file.filename if file else ''}",
             lineage=parsed_lineage,
             actor=principal.name,
         )
