@@ -1,0 +1,120 @@
+"""Backends, deployments (arms, weights, rollout, rollback) and the traffic log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from evalhub.api.deps import Editor, PlatformDep, Viewer
+from evalhub.serving.backends import Backend, BackendCreate, BackendService
+from evalhub.serving.deployments import (
+    Deployment,
+    DeploymentCreate,
+    DeploymentService,
+    DeploymentUpdate,
+    RolloutAction,
+)
+from evalhub.serving.traffic import TrafficRecord, search_traffic
+from registry.entities import Page
+
+router = APIRouter()
+
+
+def backends(request: Request) -> BackendService:
+    return request.app.state.backends
+
+
+@router.post("/backends", status_code=201, tags=["backends"])
+def create_backend(body: BackendCreate, request: Request, principal: Editor) -> Backend:
+    """Start and supervise a backend process (managed) or attach to a running server by URL."""
+    service = backends(request)
+    return service.with_status(service.create(body, actor=principal.name))
+
+
+@router.get("/backends", tags=["backends"])
+def list_backends(request: Request, _: Viewer) -> list[Backend]:
+    service = backends(request)
+    return [service.with_status(backend) for backend in service.list()]
+
+
+@router.get("/backends/{name}", tags=["backends"])
+def get_backend(name: str, request: Request, _: Viewer) -> Backend:
+    service = backends(request)
+    backend = service.with_status(service.get(name))
+    gateway = request.app.state.gateway
+    loaded = sorted(gateway.loaded_adapters(name)) if gateway else []
+    return backend.model_copy(update={"options": {**backend.options, "loaded_adapters": loaded}})
+
+
+@router.delete("/backends/{name}", status_code=204, tags=["backends"])
+def delete_backend(name: str, request: Request, principal: Editor) -> Response:
+    backends(request).delete(name, actor=principal.name)
+    return Response(status_code=204)
+
+
+@router.post("/deployments", status_code=201, tags=["deployments"])
+def create_deployment(
+    body: DeploymentCreate, platform: PlatformDep, principal: Editor
+) -> Deployment:
+    return DeploymentService(platform).create(body, actor=principal.name)
+
+
+@router.get("/deployments", tags=["deployments"])
+def list_deployments(platform: PlatformDep, _: Viewer) -> list[Deployment]:
+    return DeploymentService(platform).list()
+
+
+@router.get("/deployments/{name}", tags=["deployments"])
+def get_deployment(name: str, platform: PlatformDep, _: Viewer) -> Deployment:
+    return DeploymentService(platform).get(name)
+
+
+@router.patch("/deployments/{name}", tags=["deployments"])
+def update_deployment(
+    name: str, body: DeploymentUpdate, platform: PlatformDep, principal: Editor
+) -> Deployment:
+    return DeploymentService(platform).update(name, body, actor=principal.name)
+
+
+@router.delete("/deployments/{name}", status_code=204, tags=["deployments"])
+def delete_deployment(name: str, platform: PlatformDep, principal: Editor) -> Response:
+    DeploymentService(platform).delete(name, actor=principal.name)
+    return Response(status_code=204)
+
+
+@router.post("/deployments/{name}/rollout", tags=["deployments"])
+def rollout_deployment(
+    name: str, body: RolloutAction, platform: PlatformDep, principal: Editor
+) -> Deployment:
+    """Start a rollout with steps, step to the next weight, pause, resume, or abort."""
+    return DeploymentService(platform).rollout(name, body, actor=principal.name)
+
+
+@router.post("/deployments/{name}/rollback", tags=["deployments"])
+def rollback_deployment(name: str, platform: PlatformDep, principal: Editor) -> Deployment:
+    """Restore the arms and weights the deployment had before its last change."""
+    return DeploymentService(platform).rollback(name, actor=principal.name)
+
+
+@router.get("/traffic", tags=["traffic"])
+def list_traffic(
+    platform: PlatformDep,
+    _: Viewer,
+    deployment: str | None = None,
+    arm: str | None = None,
+    version: Annotated[str | None, Query(description="exact version ref, e.g. bot/3")] = None,
+    status: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    page_token: str | None = None,
+) -> Page[TrafficRecord]:
+    """The traffic log, newest first."""
+    return search_traffic(
+        platform.engine,
+        deployment=deployment,
+        arm=arm,
+        version=version,
+        status=status,
+        limit=limit,
+        page_token=page_token,
+    )

@@ -1,0 +1,241 @@
+"""`evalhub backend | deploy | traffic`: serving through the REST API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from evalhub.cli.output import api_errors, console, fail, fields, print_json, table
+from evalhub.client import Client
+
+backend_app = typer.Typer(
+    help="Backends that serve a base model and its adapters.", no_args_is_help=True
+)
+deploy_app = typer.Typer(
+    help="Deployments: A/B arms, weights, rollouts, rollback.", no_args_is_help=True
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _create_backend(name: str, kind: str, base: str, url: str | None, port: int | None) -> None:
+    body = {
+        "name": name,
+        "kind": kind,
+        "base": base,
+        "managed": url is None,
+        "url": url,
+        "options": {"port": port} if port else {},
+    }
+    with api_errors(), Client.connect() as client:
+        backend = client.post("/backends", body)
+    how = "started" if backend["managed"] else "attached"
+    console.print(
+        f"{how} backend [bold]{backend['name']}[/] ({backend['kind']}) serving {backend['base']} "
+        f"at {backend['url']}: {backend['status']}"
+    )
+
+
+@backend_app.command("local")
+def backend_local(
+    base: Annotated[str, typer.Option(help="Base model version ref, e.g. tiny@production")],
+    name: Annotated[str, typer.Option(help="Backend name")] = "local",
+    port: Annotated[int | None, typer.Option(help="Port (default: a free one)")] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Attach to a local backend already running")
+    ] = None,
+) -> None:
+    """Serve a base model and its adapters with transformers + peft (CPU or GPU)."""
+    _create_backend(name, "local", base, url, port)
+
+
+@backend_app.command("vllm")
+def backend_vllm(
+    base: Annotated[str, typer.Option(help="Base model version ref")],
+    name: Annotated[str, typer.Option(help="Backend name")] = "vllm",
+    port: Annotated[int | None, typer.Option(help="Port (default: a free one)")] = None,
+    url: Annotated[str | None, typer.Option(help="Attach to a vLLM server already running")] = None,
+) -> None:
+    """Serve a base model with vLLM, adapters hot-loaded (EVALHUB_VLLM_PYTHON runs it)."""
+    _create_backend(name, "vllm", base, url, port)
+
+
+@backend_app.command("list")
+def backend_list(as_json: JsonFlag = False) -> None:
+    """List backends and their health."""
+    with api_errors(), Client.connect() as client:
+        rows = client.get("/backends")
+    if as_json:
+        print_json(rows)
+        return
+    table(rows, ["name", "kind", "managed", "base", "url", "status", "restarts"], "backends")
+
+
+@backend_app.command("delete")
+def backend_delete(name: str) -> None:
+    """Stop (if managed) and forget a backend."""
+    with api_errors(), Client.connect() as client:
+        client.delete(f"/backends/{name}")
+    console.print(f"deleted backend {name}")
+
+
+def _parse_arm(text: str) -> dict:
+    """`control=bot@production:80` -> {"name": "control", "model": "bot@production", "weight": 80}."""
+    name, _, rest = text.partition("=")
+    model, _, weight = rest.rpartition(":")
+    try:
+        return {"name": name, "model": model, "weight": float(weight)}
+    except ValueError:
+        fail(f"write an arm as name=model:weight, e.g. control=bot@production:80 (got {text!r})")
+
+
+def _print_deployment(deployment: dict) -> None:
+    arms = ", ".join(f"{a['name']}={a['model']}:{a['weight']:g}" for a in deployment["arms"])
+    console.print(
+        f"[bold]{deployment['name']}[/] on {deployment['backend']} (rev {deployment['revision']}): {arms}"
+    )
+    rollout = deployment.get("rollout")
+    if rollout:
+        console.print(
+            f"  rollout {rollout['status']}: step {rollout['index'] + 1} of {rollout['steps']} "
+            f"({rollout['candidate']} vs control {rollout['control']})"
+        )
+
+
+@deploy_app.command("create")
+def deploy_create(
+    name: str,
+    backend: Annotated[str, typer.Option(help="Backend name")],
+    arm: Annotated[list[str], typer.Option(help="name=model:weight, repeatable")],
+    sticky: Annotated[str, typer.Option(help="user, header or none")] = "user",
+    failover: Annotated[
+        bool, typer.Option(help="Retry failed requests on the control arm")
+    ] = False,
+) -> None:
+    """Create a deployment, e.g. --arm control=bot@production:80 --arm candidate=bot@candidate:20."""
+    body = {
+        "name": name,
+        "backend": backend,
+        "sticky": sticky,
+        "failover": failover,
+        "arms": [_parse_arm(a) for a in arm],
+    }
+    with api_errors(), Client.connect() as client:
+        _print_deployment(client.post("/deployments", body))
+
+
+@deploy_app.command("list")
+def deploy_list(as_json: JsonFlag = False) -> None:
+    """List deployments."""
+    with api_errors(), Client.connect() as client:
+        rows = client.get("/deployments")
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        _print_deployment(row)
+
+
+@deploy_app.command("show")
+def deploy_show(name: str, as_json: JsonFlag = False) -> None:
+    """Show a deployment's arms, weights and rollout."""
+    with api_errors(), Client.connect() as client:
+        deployment = client.get(f"/deployments/{name}")
+    if as_json:
+        print_json(deployment)
+        return
+    _print_deployment(deployment)
+    fields(deployment, ["sticky", "failover", "created_by", "updated_at"])
+
+
+@deploy_app.command("set-weights")
+def deploy_set_weights(
+    name: str, weights: Annotated[list[str], typer.Argument(help="arm=weight ...")]
+) -> None:
+    """Set arm weights, e.g. `evalhub deploy set-weights bot control=90 candidate=10`."""
+    with api_errors(), Client.connect() as client:
+        deployment = client.get(f"/deployments/{name}")
+        wanted = {}
+        for item in weights:
+            arm, _, weight = item.partition("=")
+            try:
+                wanted[arm] = float(weight)
+            except ValueError:
+                fail(f"write weights as arm=number, got {item!r}")
+        unknown = set(wanted) - {a["name"] for a in deployment["arms"]}
+        if unknown:
+            fail(f"no arm named {', '.join(sorted(unknown))} in {name}")
+        arms = [{**a, "weight": wanted.get(a["name"], a["weight"])} for a in deployment["arms"]]
+        _print_deployment(client.patch(f"/deployments/{name}", {"arms": arms}))
+
+
+@deploy_app.command("rollout")
+def deploy_rollout(
+    name: str,
+    action: Annotated[str, typer.Argument(help="start, step, pause, resume or abort")],
+    steps: Annotated[
+        str | None, typer.Option(help="For start: candidate weights, e.g. 5,25,50,100")
+    ] = None,
+    candidate: Annotated[str | None, typer.Option(help="For start: the candidate arm")] = None,
+    control: Annotated[str | None, typer.Option(help="For start: the control arm")] = None,
+) -> None:
+    """Walk the candidate arm's weight through steps; abort puts all weight on control."""
+    body: dict = {"action": action, "candidate": candidate, "control": control}
+    if steps:
+        try:
+            body["steps"] = [float(s) for s in steps.split(",")]
+        except ValueError:
+            fail(f"--steps takes numbers separated by commas, got {steps!r}")
+    with api_errors(), Client.connect() as client:
+        _print_deployment(client.post(f"/deployments/{name}/rollout", body))
+
+
+@deploy_app.command("rollback")
+def deploy_rollback(name: str) -> None:
+    """Restore the arms and weights the deployment had before its last change."""
+    with api_errors(), Client.connect() as client:
+        _print_deployment(client.post(f"/deployments/{name}/rollback"))
+
+
+@deploy_app.command("delete")
+def deploy_delete(name: str) -> None:
+    """Delete a deployment."""
+    with api_errors(), Client.connect() as client:
+        client.delete(f"/deployments/{name}")
+    console.print(f"deleted deployment {name}")
+
+
+def traffic(
+    deployment: Annotated[str | None, typer.Option(help="Only this deployment")] = None,
+    arm: Annotated[str | None, typer.Option(help="Only this arm")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first")] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """The gateway's traffic log, newest first."""
+    with api_errors(), Client.connect() as client:
+        page = client.get("/traffic", deployment=deployment, arm=arm, limit=limit)
+    if as_json:
+        print_json(page["data"])
+        return
+    rows = [
+        {
+            **r,
+            "response": (r["response_text"] or r["error"] or "")[:40],
+            "latency_ms": round(r["latency_ms"], 1),
+        }
+        for r in page["data"]
+    ]
+    table(
+        rows,
+        [
+            "created_at",
+            "deployment",
+            "arm",
+            "version",
+            "status",
+            "latency_ms",
+            "completion_tokens",
+            "response",
+        ],
+    )

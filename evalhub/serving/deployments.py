@@ -1,0 +1,316 @@
+"""Deployments: named traffic splits over arms (model references with weights) on a backend.
+
+Arms name references such as `bot@production`, resolved at request time, so moving an alias
+moves the arm. Every change of arms bumps the revision and keeps the previous arms, which is what
+`rollback` restores. A rollout walks the candidate arm's weight through steps.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from sqlmodel import Session, col, select
+
+from evalhub.audit import record_mutation
+from evalhub.platform import Platform
+from evalhub.serving.routing import check_arms
+from evalhub.serving.tables import BackendRow, DeploymentRow
+from registry.db import writer
+from registry.entities import ModelKind, Mutation
+from registry.errors import ErrorCode, RegistryError, already_exists, invalid, not_found
+from registry.names import check_name, parse_ref
+from registry.tables import utcnow
+
+Sticky = Literal["user", "header", "none"]
+
+
+class Arm(BaseModel):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
+    model: str = Field(description="a model reference: bot@production, bot/4, bot")
+    weight: float = Field(ge=0, le=100)
+
+
+class DeploymentCreate(BaseModel):
+    name: str
+    backend: str
+    sticky: Sticky = Field(
+        default="user",
+        description="user: the request's `user` field or X-Evalhub-User header; header: only the "
+        "header; none: every request drawn afresh",
+    )
+    failover: bool = Field(default=False, description="retry a failed request on the control arm")
+    arms: list[Arm]
+
+
+class DeploymentUpdate(BaseModel):
+    arms: list[Arm] | None = None
+    sticky: Sticky | None = None
+    failover: bool | None = None
+
+
+class Rollout(BaseModel):
+    control: str
+    candidate: str
+    steps: list[float]
+    index: int
+    status: Literal["running", "paused", "completed", "aborted"]
+    updated_at: datetime
+
+
+class RolloutAction(BaseModel):
+    action: Literal["start", "step", "pause", "resume", "abort"]
+    steps: list[float] | None = Field(
+        default=None, description="candidate weights for start, e.g. [5, 25, 50, 100]"
+    )
+    control: str | None = Field(default=None, description="arm name (default: the first arm)")
+    candidate: str | None = Field(default=None, description="arm name (default: the second)")
+
+
+class Deployment(BaseModel):
+    name: str
+    backend: str
+    sticky: Sticky
+    failover: bool
+    arms: list[Arm]
+    rollout: Rollout | None
+    revision: int
+    previous_arms: list[Arm] | None
+    created_at: datetime
+    updated_at: datetime
+    created_by: str
+
+    @property
+    def control(self) -> Arm:
+        name = self.rollout.control if self.rollout else self.arms[0].name
+        return next(arm for arm in self.arms if arm.name == name)
+
+
+class DeploymentService:
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+
+    def create(self, body: DeploymentCreate, *, actor: str) -> Deployment:
+        check_name(body.name, "deployment")
+        self._check(body.backend, body.arms)
+        with Session(writer(self.platform.engine), expire_on_commit=False) as session:
+            if _find(session, body.name) is not None:
+                raise already_exists(f"deployment {body.name!r} already exists")
+            row = DeploymentRow(
+                name=body.name,
+                backend=body.backend,
+                sticky=body.sticky,
+                failover=body.failover,
+                arms=[arm.model_dump() for arm in body.arms],
+                created_by=actor,
+            )
+            session.add(row)
+            session.flush()
+            return self._commit(session, row, actor, "deployment.create", None)
+
+    def get(self, name: str) -> Deployment:
+        with Session(self.platform.engine) as session:
+            return _entity(_get(session, name))
+
+    def list(self) -> list[Deployment]:
+        with Session(self.platform.engine) as session:
+            return [
+                _entity(r)
+                for r in session.exec(select(DeploymentRow).order_by(col(DeploymentRow.id)))
+            ]
+
+    def update(self, name: str, body: DeploymentUpdate, *, actor: str) -> Deployment:
+        with Session(writer(self.platform.engine), expire_on_commit=False) as session:
+            row = _get(session, name, lock=True)
+            before = _entity(row)
+            if body.arms is not None:
+                self._check(row.backend, body.arms)
+                _set_arms(row, [arm.model_dump() for arm in body.arms])
+                row.rollout = None  # a manual change of weights ends any rollout
+            if body.sticky is not None:
+                row.sticky = body.sticky
+            if body.failover is not None:
+                row.failover = body.failover
+            return self._commit(session, row, actor, "deployment.update", before)
+
+    def delete(self, name: str, *, actor: str) -> None:
+        with Session(writer(self.platform.engine), expire_on_commit=False) as session:
+            row = _get(session, name, lock=True)
+            before = _entity(row)
+            session.delete(row)
+            record_mutation(
+                session,
+                Mutation(
+                    actor=actor,
+                    action="deployment.delete",
+                    resource=f"deployments/{name}",
+                    before=before.model_dump(mode="json"),
+                ),
+            )
+            session.commit()
+
+    def rollout(self, name: str, body: RolloutAction, *, actor: str) -> Deployment:
+        with Session(writer(self.platform.engine), expire_on_commit=False) as session:
+            row = _get(session, name, lock=True)
+            before = _entity(row)
+            arms = [dict(arm) for arm in row.arms]
+            state = dict(row.rollout) if row.rollout else None
+            if body.action == "start":
+                state = _start_rollout(arms, body)
+            else:
+                if state is None or state["status"] in ("completed", "aborted"):
+                    raise RegistryError(
+                        ErrorCode.FAILED_PRECONDITION,
+                        f"deployment {name!r} has no rollout in progress; start one first",
+                    )
+                if body.action == "pause":
+                    state["status"] = "paused"
+                elif body.action == "resume":
+                    state["status"] = "running"
+                elif body.action == "abort":
+                    state["status"] = "aborted"
+                    _weigh(arms, state["control"], state["candidate"], 0.0)
+                else:  # step
+                    if state["status"] == "paused":
+                        raise RegistryError(
+                            ErrorCode.FAILED_PRECONDITION,
+                            f"the rollout of {name!r} is paused; resume it before stepping",
+                        )
+                    state["index"] += 1
+            if body.action in ("start", "step"):
+                weight = state["steps"][state["index"]]
+                _weigh(arms, state["control"], state["candidate"], weight)
+                if state["index"] == len(state["steps"]) - 1:
+                    state["status"] = "completed" if weight >= 100 else state["status"]
+            state["updated_at"] = utcnow().isoformat()
+            _set_arms(row, arms)
+            row.rollout = state
+            return self._commit(session, row, actor, f"deployment.rollout.{body.action}", before)
+
+    def rollback(self, name: str, *, actor: str) -> Deployment:
+        """Restores the arms the deployment had before its last change."""
+        with Session(writer(self.platform.engine), expire_on_commit=False) as session:
+            row = _get(session, name, lock=True)
+            before = _entity(row)
+            if not row.previous_arms:
+                raise RegistryError(
+                    ErrorCode.FAILED_PRECONDITION,
+                    f"deployment {name!r} has not changed since it was created; nothing to roll back",
+                )
+            _set_arms(row, [dict(arm) for arm in row.previous_arms])
+            if row.rollout:
+                row.rollout = {
+                    **row.rollout,
+                    "status": "aborted",
+                    "updated_at": utcnow().isoformat(),
+                }
+            return self._commit(session, row, actor, "deployment.rollback", before)
+
+    def _check(self, backend_name: str, arms: list[Arm]) -> None:
+        check_arms([arm.model_dump() for arm in arms])
+        with Session(self.platform.engine) as session:
+            backend = session.exec(
+                select(BackendRow).where(BackendRow.name == backend_name)
+            ).first()
+        if backend is None:
+            raise not_found(f"backend {backend_name!r} does not exist")
+        for arm in arms:
+            parse_ref(arm.model)
+            version = self.platform.registry.resolve(arm.model)
+            base_digest = version.digest if version.kind is ModelKind.BASE else version.base_digest
+            if base_digest != backend.base_digest:
+                served = version.ref if version.kind is ModelKind.BASE else version.base
+                raise invalid(
+                    f"arm {arm.name!r}: {arm.model} ({version.ref}) runs on {served}, but backend "
+                    f"{backend_name!r} serves {backend.base_ref}"
+                )
+
+    def _commit(
+        self,
+        session: Session,
+        row: DeploymentRow,
+        actor: str,
+        action: str,
+        before: Deployment | None,
+    ) -> Deployment:
+        row.updated_at = utcnow()
+        session.add(row)
+        session.flush()
+        after = _entity(row)
+        record_mutation(
+            session,
+            Mutation(
+                actor=actor,
+                action=action,
+                resource=f"deployments/{row.name}",
+                before=before.model_dump(mode="json") if before else None,
+                after=after.model_dump(mode="json"),
+            ),
+        )
+        session.commit()
+        return after
+
+
+def _start_rollout(arms: list[dict[str, Any]], body: RolloutAction) -> dict[str, Any]:
+    if len(arms) < 2:
+        raise invalid("a rollout needs a control arm and a candidate arm")
+    control = body.control or arms[0]["name"]
+    candidate = body.candidate or next(a["name"] for a in arms if a["name"] != control)
+    names = {arm["name"] for arm in arms}
+    if control not in names or candidate not in names or control == candidate:
+        raise invalid(f"control and candidate must be two different arms of {sorted(names)}")
+    steps = body.steps or [5, 25, 50, 100]
+    if any(not 0 < step <= 100 for step in steps) or steps != sorted(steps):
+        raise invalid(f"rollout steps must rise within (0, 100], got {steps}")
+    return {
+        "control": control,
+        "candidate": candidate,
+        "steps": steps,
+        "index": 0,
+        "status": "running",
+    }
+
+
+def _weigh(arms: list[dict[str, Any]], control: str, candidate: str, weight: float) -> None:
+    """Candidate gets `weight`, control the rest; other arms go to zero."""
+    for arm in arms:
+        arm["weight"] = weight if arm["name"] == candidate else 0.0
+        if arm["name"] == control:
+            arm["weight"] = 100.0 - weight
+
+
+def _set_arms(row: DeploymentRow, arms: list[dict[str, Any]]) -> None:
+    row.previous_arms = [dict(arm) for arm in row.arms]
+    row.arms = arms
+    row.revision += 1
+
+
+def _find(session: Session, name: str, *, lock: bool = False) -> DeploymentRow | None:
+    query = select(DeploymentRow).where(DeploymentRow.name == name)
+    if lock:
+        query = query.with_for_update()
+    return session.exec(query).first()
+
+
+def _get(session: Session, name: str, *, lock: bool = False) -> DeploymentRow:
+    row = _find(session, name, lock=lock)
+    if row is None:
+        raise not_found(f"deployment {name!r} does not exist")
+    return row
+
+
+def _entity(row: DeploymentRow) -> Deployment:
+    return Deployment(
+        name=row.name,
+        backend=row.backend,
+        sticky=row.sticky,  # type: ignore[arg-type]
+        failover=row.failover,
+        arms=[Arm(**arm) for arm in row.arms],
+        rollout=Rollout(**row.rollout) if row.rollout else None,
+        revision=row.revision,
+        previous_arms=[Arm(**arm) for arm in row.previous_arms] if row.previous_arms else None,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        created_by=row.created_by,
+    )

@@ -1,0 +1,589 @@
+"""The OpenAI-compatible gateway: route each request to a deployment arm or a model reference,
+forward it to the backend that serves it, stream it back, and log it.
+
+The hot path avoids the database: deployments, backends and reference resolutions are cached for
+a fraction of a second (so an alias move reaches traffic within that time), forwarding uses one
+shared aiohttp session, and traffic records are written in batches by another thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from evalhub.platform import Platform
+from evalhub.serving.adapters import AdapterLoadFailed, AdapterSet, BackendUnavailable
+from evalhub.serving.backends import Backend, BackendService
+from evalhub.serving.deployments import Arm, Deployment, DeploymentService
+from evalhub.serving.routing import pick_arm
+from evalhub.serving.traffic import TrafficLog
+from registry.entities import ModelKind, ModelVersion
+from registry.errors import RegistryError
+from registry.tables import utcnow
+
+log = logging.getLogger(__name__)
+
+CACHE_SECONDS = 0.5
+USER_HEADER = "x-evalhub-user"
+
+
+class GatewayError(Exception):
+    def __init__(self, status: int, message: str, type_: str, code: str, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
+        self.param = param
+
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        body = {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def model_not_found(model: str) -> GatewayError:
+    return GatewayError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+        "model",
+    )
+
+
+def unavailable(message: str) -> GatewayError:
+    return GatewayError(503, message, "service_unavailable", "backend_unavailable")
+
+
+@dataclass
+class Route:
+    backend: Backend
+    version: ModelVersion
+    deployment: Deployment | None = None
+    arm: Arm | None = None
+
+
+class _TTLCache:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._items: dict[Any, tuple[float, Any]] = {}
+
+    async def get(self, key: Any, load: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        hit = self._items.get(key)
+        if hit is not None and now - hit[0] < self.seconds:
+            return hit[1]
+        value = await asyncio.to_thread(load)
+        self._items[key] = (time.monotonic(), value)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class Gateway:
+    def __init__(
+        self,
+        platform: Platform,
+        backends: BackendService,
+        *,
+        metrics: CollectorRegistry,
+        adapter_idle_seconds: float = 60.0,
+    ) -> None:
+        self.platform = platform
+        self.backends = backends
+        self.deployments = DeploymentService(platform)
+        self.traffic = TrafficLog(platform.engine)
+        self.adapter_idle_seconds = adapter_idle_seconds
+        self._session: aiohttp.ClientSession | None = None
+        self._adapters: dict[str, AdapterSet] = {}
+        self._cache = _TTLCache(CACHE_SECONDS)
+        self._rng = random.Random()
+        self._sweeper: asyncio.Task[None] | None = None
+        self.requests = Counter(
+            "evalhub_gateway_requests_total",
+            "Gateway requests by deployment, arm and HTTP status.",
+            ["deployment", "arm", "status"],
+            registry=metrics,
+        )
+        self.errors = Counter(
+            "evalhub_gateway_errors_total",
+            "Gateway requests that failed (status >= 500 or backend unreachable).",
+            ["deployment", "arm"],
+            registry=metrics,
+        )
+        self.latency = Histogram(
+            "evalhub_gateway_request_duration_seconds",
+            "Gateway request latency, first byte to last, by deployment and arm.",
+            ["deployment", "arm"],
+            registry=metrics,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.platform.settings.gateway_timeout)
+        connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._session is not None:
+            await self._session.close()
+        await asyncio.to_thread(self.traffic.close)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Gateway.start() was not awaited"
+        return self._session
+
+    # -- routing -----------------------------------------------------------------------------
+
+    async def route(self, model: str, user: str | None, *, arm: str | None = None) -> Route:
+        deployment = await self._cache.get(("deployment", model), lambda: self._deployment(model))
+        if deployment is not None:
+            return await self._route_deployment(deployment, user, arm)
+        version = await self._cache.get(("ref", model), lambda: self._resolve(model))
+        if version is None:
+            raise model_not_found(model)
+        backend = await self._cache.get(("serves", version.ref), lambda: self._backend_for(version))
+        if backend is None:
+            base = version.ref if version.kind is ModelKind.BASE else version.base
+            raise unavailable(
+                f"no backend serves {base}, the base of {model}; add one with "
+                f"'evalhub backend local --base {base}' or POST /api/v1/backends"
+            )
+        return Route(backend=backend, version=version)
+
+    async def _route_deployment(
+        self, deployment: Deployment, user: str | None, arm_name: str | None
+    ) -> Route:
+        if arm_name is not None:
+            arm = next(a for a in deployment.arms if a.name == arm_name)
+        else:
+            key = user if deployment.sticky != "none" else None
+            arm = Arm(
+                **pick_arm(
+                    deployment.name, [a.model_dump() for a in deployment.arms], key, self._rng
+                )
+            )
+        version = await self._cache.get(("ref", arm.model), lambda: self._resolve(arm.model))
+        if version is None:
+            raise unavailable(
+                f"arm {arm.name!r} of {deployment.name!r}: {arm.model} resolves to nothing"
+            )
+        backend = await self._cache.get(
+            ("backend", deployment.backend), lambda: self._backend(deployment.backend)
+        )
+        if backend is None:
+            raise unavailable(
+                f"deployment {deployment.name!r}: backend {deployment.backend!r} is gone"
+            )
+        return Route(backend=backend, version=version, deployment=deployment, arm=arm)
+
+    def _deployment(self, name: str) -> Deployment | None:
+        try:
+            return self.deployments.get(name)
+        except RegistryError:
+            return None
+
+    def _resolve(self, model: str) -> ModelVersion | None:
+        try:
+            if model.startswith("ft:"):
+                from evalhub.finetune.service import resolve_fine_tuned_model
+
+                model = resolve_fine_tuned_model(self.platform, model)
+            return self.platform.registry.resolve(model)
+        except RegistryError:
+            return None
+
+    def _backend(self, name: str) -> Backend | None:
+        try:
+            return self.backends.get(name)
+        except RegistryError:
+            return None
+
+    def _backend_for(self, version: ModelVersion) -> Backend | None:
+        digest = version.digest if version.kind is ModelKind.BASE else version.base_digest
+        return next((b for b in self.backends.list() if b.base_digest == digest), None)
+
+    def _adapter_set(self, backend: Backend) -> AdapterSet:
+        adapters = self._adapters.get(backend.name)
+        if adapters is None or adapters.root != backend.url.removesuffix("/v1"):
+            adapters = AdapterSet(backend.url, self.platform.registry.artifacts.materialize)
+            self._adapters[backend.name] = adapters
+        return adapters
+
+    async def served_name(self, route: Route) -> str:
+        if route.version.kind is ModelKind.BASE:
+            return route.backend.served_name
+        return await self._adapter_set(route.backend).ensure(self.session, route.version)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def handle(self, endpoint: str, body: dict[str, Any], headers: Any) -> Response:
+        """`endpoint` is "chat/completions" or "completions"."""
+        started = time.perf_counter()
+        request_id = f"req-{uuid.uuid4().hex}"
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return GatewayError(400, "you must provide a model", "invalid_request_error",
+                                "missing_model", "model").response()  # fmt: skip
+        user = headers.get(USER_HEADER) or (
+            body.get("user") if isinstance(body.get("user"), str) else None
+        )
+        try:
+            route = await self.route(model, user)
+        except GatewayError as error:
+            self._log(
+                request_id,
+                endpoint,
+                body,
+                model,
+                None,
+                user,
+                error.status,
+                started,
+                error=error.message,
+            )
+            return error.response({"X-Evalhub-Request-Id": request_id})
+        try:
+            return await self._forward(request_id, endpoint, body, model, route, user, started)
+        except (BackendUnavailable, GatewayError) as error:
+            retryable = isinstance(error, BackendUnavailable)
+            deployment = route.deployment
+            control = deployment.control if deployment else None
+            arm = route.arm
+            if (
+                retryable
+                and deployment
+                and deployment.failover
+                and control
+                and arm
+                and arm.name != control.name
+            ):
+                log.warning("failing over %s from arm %s: %s", request_id, arm.name, error)
+                fallback = await self.route(model, user, arm=control.name)
+                return await self._forward(
+                    request_id, endpoint, body, model, fallback, user, started
+                )
+            failure = error if isinstance(error, GatewayError) else unavailable(str(error))
+            self._log(
+                request_id,
+                endpoint,
+                body,
+                model,
+                route,
+                user,
+                failure.status,
+                started,
+                error=failure.message,
+            )
+            return failure.response(self._headers(request_id, route))
+
+    async def _forward(
+        self,
+        request_id: str,
+        endpoint: str,
+        body: dict[str, Any],
+        model: str,
+        route: Route,
+        user: str | None,
+        started: float,
+    ) -> Response:
+        adapters = self._adapter_set(route.backend)
+        try:
+            served = await self.served_name(route)
+        except AdapterLoadFailed as error:
+            raise GatewayError(
+                400, str(error), "invalid_request_error", "adapter_not_loadable"
+            ) from error
+        stream = bool(body.get("stream"))
+        payload = {**body, "model": served}
+        if stream:
+            payload["stream_options"] = {
+                **(body.get("stream_options") or {}),
+                "include_usage": True,
+            }
+        url = f"{route.backend.url}/{endpoint}"
+        adapters.acquire(served)
+        try:
+            reply = await self.session.post(url, json=payload)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            adapters.release(served)
+            raise BackendUnavailable(
+                f"backend {route.backend.name!r} is unavailable: {error}"
+            ) from error
+        if reply.status == 404 and route.version.kind is ModelKind.ADAPTER:
+            # The backend lost the adapter (it restarted): load it again, once.
+            reply.release()
+            adapters.release(served)
+            adapters.forget(served)
+            served = await self.served_name(route)
+            payload["model"] = served
+            adapters.acquire(served)
+            try:
+                reply = await self.session.post(url, json=payload)
+            except (aiohttp.ClientError, TimeoutError) as error:
+                adapters.release(served)
+                raise BackendUnavailable(
+                    f"backend {route.backend.name!r} is unavailable: {error}"
+                ) from error
+        if reply.status >= 500:
+            text = await reply.text()
+            reply.release()
+            adapters.release(served)
+            raise BackendUnavailable(
+                f"backend {route.backend.name!r} failed ({reply.status}): {text[:300]}"
+            )
+        headers = self._headers(request_id, route)
+        if stream and reply.status == 200:
+            return StreamingResponse(
+                self._relay(reply, request_id, endpoint, body, model, route, user, started, served),
+                media_type="text/event-stream",
+                headers=headers,
+            )
+        try:
+            raw = await reply.read()
+        finally:
+            reply.release()
+            adapters.release(served)
+        status = reply.status
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if status >= 400 or not isinstance(data, dict):
+            message = (
+                (data or {}).get("error", {}).get("message") if isinstance(data, dict) else None
+            )
+            self._log(
+                request_id,
+                endpoint,
+                body,
+                model,
+                route,
+                user,
+                status,
+                started,
+                error=message or raw[:300].decode(errors="replace"),
+            )
+            return Response(raw, status_code=status, media_type="application/json", headers=headers)
+        data["model"] = model
+        usage = data.get("usage") or {}
+        self._log(
+            request_id, endpoint, body, model, route, user, status, started,
+            text=_text_of(data), usage=usage,
+        )  # fmt: skip
+        return Response(
+            json.dumps(data), status_code=status, media_type="application/json", headers=headers
+        )
+
+    async def _relay(
+        self,
+        reply: aiohttp.ClientResponse,
+        request_id: str,
+        endpoint: str,
+        body: dict[str, Any],
+        model: str,
+        route: Route,
+        user: str | None,
+        started: float,
+        served: str,
+    ) -> AsyncIterator[bytes]:
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        parts: list[str] = []
+        usage: dict[str, Any] = {}
+        first_token: float | None = None
+        status, error = 200, None
+        try:
+            async for line in reply.content:
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    yield b"data: [DONE]\n\n"
+                    continue
+                chunk = json.loads(data)
+                chunk["model"] = model
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                    if not wants_usage and not chunk.get("choices"):
+                        continue
+                    if not wants_usage:
+                        chunk.pop("usage")
+                text = _delta_text(chunk)
+                if text:
+                    if first_token is None:
+                        first_token = time.perf_counter()
+                    parts.append(text)
+                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        except (aiohttp.ClientError, TimeoutError) as failure:
+            status, error = 503, f"backend stream broke: {failure}"
+        finally:
+            reply.release()
+            self._adapter_set(route.backend).release(served)
+            ttft = (first_token - started) * 1000 if first_token is not None else None
+            self._log(
+                request_id, endpoint, body, model, route, user, status, started,
+                text="".join(parts), usage=usage, ttft_ms=ttft, error=error,
+            )  # fmt: skip
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    @staticmethod
+    def _headers(request_id: str, route: Route) -> dict[str, str]:
+        headers = {
+            "X-Evalhub-Request-Id": request_id,
+            "X-Evalhub-Model-Version": route.version.ref,
+            "X-Evalhub-Model-Digest": route.version.digest,
+        }
+        if route.deployment is not None and route.arm is not None:
+            headers["X-Evalhub-Deployment"] = route.deployment.name
+            headers["X-Evalhub-Arm"] = route.arm.name
+        return headers
+
+    def _log(
+        self,
+        request_id: str,
+        endpoint: str,
+        body: dict[str, Any],
+        model: str,
+        route: Route | None,
+        user: str | None,
+        status: int,
+        started: float,
+        *,
+        text: str | None = None,
+        usage: dict[str, Any] | None = None,
+        ttft_ms: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        latency = time.perf_counter() - started
+        deployment = route.deployment.name if route and route.deployment else None
+        arm = route.arm.name if route and route.arm else None
+        labels = (deployment or "-", arm or "-")
+        self.requests.labels(*labels, str(status)).inc()
+        self.latency.labels(*labels).observe(latency)
+        if status >= 500:
+            self.errors.labels(*labels).inc()
+        usage = usage or {}
+        prompt_tokens = usage.get("prompt_tokens")
+        completion_tokens = usage.get("completion_tokens")
+        self.traffic.record(
+            {
+                "id": request_id,
+                "created_at": utcnow(),
+                "deployment": deployment,
+                "arm": arm,
+                "model": model,
+                "version": route.version.ref if route else None,
+                "digest": route.version.digest if route else None,
+                "user": user,
+                "endpoint": endpoint.replace("/", "."),
+                "request": body,
+                "response_text": text,
+                "status": status,
+                "error": error,
+                "stream": bool(body.get("stream")),
+                "latency_ms": round(latency * 1000, 3),
+                "ttft_ms": round(ttft_ms, 3) if ttft_ms is not None else None,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "cost": self._cost(route, prompt_tokens, completion_tokens),
+            }
+        )
+
+    def _cost(
+        self, route: Route | None, prompt: int | None, completion: int | None
+    ) -> float | None:
+        prices: dict[str, dict[str, float]] = getattr(self.platform.settings, "prices", None) or {}
+        if route is None or prompt is None or completion is None:
+            return None
+        price = prices.get(route.version.model) or prices.get(route.version.ref)
+        if not price:
+            return None
+        return (prompt * price.get("prompt", 0) + completion * price.get("completion", 0)) / 1e6
+
+    async def _sweep_forever(self) -> None:
+        """Preloads what arms point at (so a moved alias is warm) and unloads what nothing uses."""
+        while True:
+            try:
+                await asyncio.sleep(1.0)
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("gateway sweep failed")
+
+    async def sweep(self) -> None:
+        deployments = await asyncio.to_thread(self.deployments.list)
+        wanted: dict[str, set[str]] = {}
+        for deployment in deployments:
+            backend = await self._cache.get(
+                ("backend", deployment.backend), lambda d=deployment: self._backend(d.backend)
+            )
+            if backend is None:
+                continue
+            for arm in deployment.arms:
+                version = await self._cache.get(
+                    ("ref", arm.model), lambda a=arm: self._resolve(a.model)
+                )
+                if version is None or version.kind is not ModelKind.ADAPTER:
+                    continue
+                try:
+                    name = await self._adapter_set(backend).ensure(self.session, version)
+                except (AdapterLoadFailed, BackendUnavailable) as error:
+                    log.warning("preloading %s on %s failed: %s", version.ref, backend.name, error)
+                    continue
+                wanted.setdefault(backend.name, set()).add(name)
+        for backend_name, adapters in list(self._adapters.items()):
+            for name in adapters.idle(wanted.get(backend_name, set()), self.adapter_idle_seconds):
+                await adapters.unload(self.session, name)
+
+    def loaded_adapters(self, backend: str) -> dict[str, str]:
+        adapters = self._adapters.get(backend)
+        return dict(adapters.loaded) if adapters else {}
+
+
+def _text_of(data: dict[str, Any]) -> str:
+    choices = data.get("choices") or []
+    if not choices:
+        return ""
+    choice = choices[0]
+    message = choice.get("message")
+    if isinstance(message, dict):
+        return message.get("content") or ""
+    return choice.get("text") or ""
+
+
+def _delta_text(chunk: dict[str, Any]) -> str:
+    choices = chunk.get("choices") or []
+    if not choices:
+        return ""
+    choice = choices[0]
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        return delta.get("content") or ""
+    return choice.get("text") or ""

@@ -1,0 +1,278 @@
+"""The gateway for real: `evalhub serve` supervising a local backend process, the stock `openai`
+client in front, deployments with A/B arms, hot swaps by alias moves, and the traffic log."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+import openai
+import pytest
+
+from evalhub.cli.registry import register_directory
+from evalhub.client import Client
+from tests.serving.conftest import Models
+
+MESSAGES = [{"role": "user", "content": "repeat: cat dog"}]
+
+
+@dataclass
+class Served:
+    url: str
+    token: str
+    api: Client
+
+    def openai(self) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=f"{self.url}/v1", api_key=self.token, max_retries=0, timeout=60
+        )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(models: Models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    home = tmp_path_factory.mktemp("gateway-home")
+    port = _free_port()
+    env = {**os.environ, "EVALHUB_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    for key in ("EVALHUB_URL", "EVALHUB_TOKEN", "EVALHUB_DATABASE_URL", "EVALHUB_ADMIN_TOKEN"):
+        env.pop(key, None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "evalhub", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert process.stdout is not None
+        token, line = None, ""
+        while token is None or "startup complete" not in line:
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                raise AssertionError("evalhub serve exited")
+            found = re.search(r"(ehk_[A-Za-z0-9_-]+)", line)
+            token = token or (found.group(1) if found else None)
+        threading.Thread(target=process.stdout.read, daemon=True).start()  # keep the pipe drained
+        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
+        api = Client(http)
+        api.post("/models", {"name": "tiny", "kind": "base"})
+        register_directory(api, models.base, "tiny")
+        api.post("/models", {"name": "bot", "kind": "adapter"})
+        register_directory(api, models.alpha, "bot", base="tiny/1")
+        register_directory(api, models.beta, "bot", base="tiny/1")
+        api.put("/models/bot/aliases/production", {"version": 1})
+        api.put("/models/bot/aliases/candidate", {"version": 2})
+        backend = api.post("/backends", {"name": "cpu-1", "kind": "local", "base": "tiny/1"})
+        assert backend["status"] == "healthy", backend
+        yield Served(url=url, token=token, api=api)
+        http.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def chat(client: openai.OpenAI, model: str, user: str | None = None, **kwargs):  # type: ignore[no-untyped-def]
+    extra = {"user": user} if user else {}
+    return client.chat.completions.with_raw_response.create(
+        model=model, messages=MESSAGES, max_tokens=kwargs.pop("max_tokens", 8), temperature=0,
+        **extra, **kwargs,
+    )  # fmt: skip
+
+
+def test_references_are_served_with_their_exact_version(served: Served) -> None:
+    client = served.openai()
+    answers = {}
+    for model in ("tiny/1", "bot@production", "bot/1", "bot/2"):
+        raw = chat(client, model)
+        completion = raw.parse()
+        assert completion.model == model and completion.usage.completion_tokens > 0
+        answers[model] = completion.choices[0].message.content
+        version = raw.headers["x-evalhub-model-version"]
+        assert version == {"bot@production": "bot/1"}.get(model, model)
+        assert raw.headers["x-evalhub-request-id"].startswith("req-")
+    assert answers["bot@production"] == answers["bot/1"]
+    assert len({answers["tiny/1"], answers["bot/1"], answers["bot/2"]}) == 3
+
+    # The same request straight to the backend, by the adapter name the gateway loaded.
+    backend = served.api.get("/backends/cpu-1")
+    loaded = [n for n in backend["options"]["loaded_adapters"] if n.startswith("bot-v1-")]
+    direct = openai.OpenAI(base_url=backend["url"], api_key="x").chat.completions.create(
+        model=loaded[0], messages=MESSAGES, max_tokens=8, temperature=0
+    )
+    assert direct.choices[0].message.content == answers["bot/1"]
+
+    stream = client.chat.completions.create(
+        model="bot/2", messages=MESSAGES, max_tokens=8, temperature=0, stream=True
+    )
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == answers["bot/2"]
+    )
+    listed = {m.id for m in client.models.list()}
+    assert {"bot@production", "bot@candidate"} <= listed
+
+
+def test_errors_in_openai_format(served: Served) -> None:
+    client = served.openai()
+    with pytest.raises(openai.NotFoundError) as missing:
+        chat(client, "ghost@production")
+    assert "ghost@production" in str(missing.value)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{served.url}/v1", api_key="ehk_wrong", max_retries=0).models.list()
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="bot/1", messages=MESSAGES, n=3)
+
+
+def test_ab_split_is_weighted_and_sticky(served: Served) -> None:
+    served.api.post(
+        "/deployments",
+        {
+            "name": "split",
+            "backend": "cpu-1",
+            "arms": [
+                {"name": "control", "model": "bot@production", "weight": 80},
+                {"name": "candidate", "model": "bot@candidate", "weight": 20},
+            ],
+        },
+    )
+    client = served.openai()
+
+    def arm_of(user: str) -> str:
+        return chat(client, "split", user=user, max_tokens=1).headers["x-evalhub-arm"]
+
+    n = 2000
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        arms = list(pool.map(arm_of, (f"user-{i}" for i in range(n))))
+    candidates = Counter(arms)["candidate"]
+    # 99.9% binomial interval for p = 0.2: n p ± 3.29 sqrt(n p (1 - p)).
+    half_width = 3.29 * math.sqrt(n * 0.2 * 0.8)
+    assert abs(candidates - n * 0.2) <= half_width, candidates
+    for user in ("user-1", "user-2", "user-3", "user-7"):
+        assert {arm_of(user) for _ in range(3)} == {arms[int(user.split("-")[1])]}
+
+    # Every request is in the traffic log with its arm and exact version.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        records = list(served.api.paged("/traffic", deployment="split", limit=1000))
+        if len(records) >= n + 12:
+            break
+        time.sleep(0.3)
+    assert len(records) == n + 12
+    by_arm = Counter((r["arm"], r["version"], r["status"]) for r in records)
+    assert (
+        by_arm[("candidate", "bot/2", 200)]
+        == candidates
+        + sum(
+            1
+            for u in ("user-1", "user-2", "user-3", "user-7")
+            if arms[int(u.split("-")[1])] == "candidate"
+        )
+        * 3
+    )
+    assert sum(by_arm.values()) == n + 12
+    assert all(r["latency_ms"] > 0 and r["completion_tokens"] == 1 for r in records)
+    metrics = httpx.get(f"{served.url}/metrics").text
+    assert (
+        'evalhub_gateway_requests_total{arm="candidate",deployment="split",status="200"}' in metrics
+    )
+
+
+def test_moving_an_alias_swaps_under_load_without_failures(served: Served) -> None:
+    served.api.put("/models/bot/aliases/live", {"version": 1})
+    served.api.post(
+        "/deployments",
+        {
+            "name": "swap",
+            "backend": "cpu-1",
+            "arms": [{"name": "main", "model": "bot@live", "weight": 100}],
+        },
+    )
+    client = served.openai()
+    versions: list[str] = []
+    failures: list[Exception] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                versions.append(
+                    chat(client, "swap", max_tokens=2).headers["x-evalhub-model-version"]
+                )
+            except Exception as error:  # any failure is what this test looks for
+                failures.append(error)
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.5)
+    served.api.put("/models/bot/aliases/live", {"version": 2, "reason": "swap under load"})
+    time.sleep(3)
+    stop.set()
+    for worker in workers:
+        worker.join(30)
+    assert failures == []
+    assert versions[0] == "bot/1" and versions[-1] == "bot/2"
+    assert set(versions) == {"bot/1", "bot/2"}
+    # Once bot/2 answers, bot/1 never answers again.
+    first_new = versions.index("bot/2")
+    assert "bot/1" not in versions[first_new + 8 :]
+
+
+def test_rollout_steps_and_rollback(served: Served) -> None:
+    served.api.post(
+        "/deployments",
+        {
+            "name": "roll",
+            "backend": "cpu-1",
+            "arms": [
+                {"name": "control", "model": "bot@production", "weight": 100},
+                {"name": "candidate", "model": "bot@candidate", "weight": 0},
+            ],
+        },
+    )
+
+    def weights(deployment: dict) -> dict[str, float]:
+        return {arm["name"]: arm["weight"] for arm in deployment["arms"]}
+
+    started = served.api.post(
+        "/deployments/roll/rollout", {"action": "start", "steps": [10, 50, 100]}
+    )
+    assert weights(started) == {"control": 90, "candidate": 10}
+    stepped = served.api.post("/deployments/roll/rollout", {"action": "step"})
+    assert weights(stepped) == {"control": 50, "candidate": 50}
+    served.api.post("/deployments/roll/rollout", {"action": "pause"})
+    with pytest.raises(Exception, match="paused"):
+        served.api.post("/deployments/roll/rollout", {"action": "step"})
+    aborted = served.api.post("/deployments/roll/rollout", {"action": "abort"})
+    assert weights(aborted) == {"control": 100, "candidate": 0}
+    assert aborted["rollout"]["status"] == "aborted"
+    rolled_back = served.api.post("/deployments/roll/rollback")
+    assert weights(rolled_back) == {"control": 50, "candidate": 50}
+    with pytest.raises(Exception, match="sum to 100"):
+        served.api.patch(
+            "/deployments/roll",
+            {"arms": [{"name": "control", "model": "bot@production", "weight": 70}]},
+        )
+    audit = served.api.get("/audit", resource="deployments/roll")["data"]
+    assert [a["action"] for a in audit][:3] == [
+        "deployment.rollback",
+        "deployment.rollout.abort",
+        "deployment.rollout.pause",
+    ]
