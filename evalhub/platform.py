@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from evalhub.audit import record_mutation
+from evalhub.auth.tokens import TokenCache
 from evalhub.db import migrate
 from evalhub.jobs.queue import JobQueue
 from evalhub.settings import Settings
@@ -21,6 +22,7 @@ class Platform:
     engine: Engine
     registry: RegistryStore
     jobs: JobQueue
+    tokens: TokenCache
 
     @classmethod
     def open(cls, settings: Settings, *, upgrade: bool = True) -> Platform:
@@ -30,7 +32,13 @@ class Platform:
             migrate.upgrade(engine)
         artifacts = ArtifactStore(settings.resolved_artifact_url, cache_dir=settings.home / "cache")
         registry = RegistryStore(engine, artifacts, listeners=[record_mutation])
-        return cls(settings=settings, engine=engine, registry=registry, jobs=JobQueue(engine))
+        return cls(
+            settings=settings,
+            engine=engine,
+            registry=registry,
+            jobs=JobQueue(engine),
+            tokens=TokenCache(engine),
+        )
 
     def close(self) -> None:
         self.engine.dispose()

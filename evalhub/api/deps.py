@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from evalhub.auth.tokens import Principal, Role, authenticate
+from evalhub.auth.tokens import Principal, Role
 from evalhub.platform import Platform
 from registry.errors import ErrorCode, RegistryError
 
 bearer = HTTPBearer(auto_error=False, description="An API token from `evalhub token create`.")
 
 
-def get_platform(request: Request) -> Platform:
+async def get_platform(request: Request) -> Platform:
     return request.app.state.platform
 
 
 PlatformDep = Annotated[Platform, Depends(get_platform)]
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     platform: PlatformDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -36,7 +36,7 @@ def get_principal(
             "no API token: send 'Authorization: Bearer <token>' (set EVALHUB_TOKEN for the CLI; "
             "an admin makes tokens with 'evalhub token create')",
         )
-    principal = authenticate(platform.engine, credentials.credentials)
+    principal = platform.tokens.authenticate(credentials.credentials)
     if principal is None:
         raise RegistryError(ErrorCode.UNAUTHENTICATED, "the API token is unknown or revoked")
     return principal
@@ -45,8 +45,8 @@ def get_principal(
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
-def requires(role: Role) -> Callable[[Principal], Principal]:
-    def check(principal: CurrentPrincipal) -> Principal:
+def requires(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: CurrentPrincipal) -> Principal:
         principal.require(role, "this request")
         return principal
 

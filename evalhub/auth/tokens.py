@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from datetime import datetime
 from enum import StrEnum
 
@@ -162,3 +163,31 @@ def _info(row: ApiTokenRow) -> TokenInfo:
         last_used_at=row.last_used_at,
         revoked_at=row.revoked_at,
     )
+
+
+class TokenCache:
+    """Remembers authenticated tokens for a few seconds: the gateway's hot path skips the database.
+
+    A revocation through this process takes effect at once (`invalidate`); one made by another
+    server process takes effect within `ttl` seconds.
+    """
+
+    def __init__(self, engine: Engine, ttl: float = 5.0) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+
+    def authenticate(self, secret: str) -> Principal | None:
+        key = hash_token(secret)
+        now = time.monotonic()
+        hit = self._entries.get(key)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        principal = authenticate(self.engine, secret)
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[key] = (now, principal)
+        return principal
+
+    def invalidate(self) -> None:
+        self._entries.clear()

@@ -82,18 +82,35 @@ class Route:
 
 
 class _TTLCache:
+    """Fresh for `seconds`; after that the stale value is served while one refresh runs.
+
+    Under load every in-flight request would otherwise miss at the same moment and each start
+    its own database query.
+    """
+
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._items: dict[Any, tuple[float, Any]] = {}
+        self._loading: dict[Any, asyncio.Future[Any]] = {}
 
     async def get(self, key: Any, load: Callable[[], Any]) -> Any:
-        now = time.monotonic()
         hit = self._items.get(key)
-        if hit is not None and now - hit[0] < self.seconds:
+        if hit is not None:
+            if time.monotonic() - hit[0] >= self.seconds and key not in self._loading:
+                self._loading[key] = asyncio.ensure_future(self._load(key, load))
             return hit[1]
-        value = await asyncio.to_thread(load)
-        self._items[key] = (time.monotonic(), value)
-        return value
+        pending = self._loading.get(key)
+        if pending is None:
+            pending = self._loading[key] = asyncio.ensure_future(self._load(key, load))
+        return await asyncio.shield(pending)
+
+    async def _load(self, key: Any, load: Callable[[], Any]) -> Any:
+        try:
+            value = await asyncio.to_thread(load)
+            self._items[key] = (time.monotonic(), value)
+            return value
+        finally:
+            self._loading.pop(key, None)
 
     def clear(self) -> None:
         self._items.clear()

@@ -37,7 +37,9 @@ def list_api_tokens(platform: PlatformDep, _: Admin) -> list[TokenInfo]:
 
 @router.delete("/tokens/{name}", tags=["tokens"])
 def revoke_api_token(name: str, platform: PlatformDep, principal: Admin) -> TokenInfo:
-    return revoke_token(platform.engine, name, actor=principal.name)
+    revoked = revoke_token(platform.engine, name, actor=principal.name)
+    platform.tokens.invalidate()
+    return revoked
 
 
 @router.get("/audit", tags=["audit"])
