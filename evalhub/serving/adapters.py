@@ -26,6 +26,9 @@ class AdapterLoadFailed(Exception):
     """The backend refused the adapter (for example vLLM refusing DoRA)."""
 
 
+IDENTITY_PREFIX = "identity-"
+
+
 def adapter_name(version: ModelVersion) -> str:
     """`bot-v3-3376ce2deea1`: readable, and different whenever the weights differ."""
     return f"{version.model}-v{version.version}-{version.digest.removeprefix('sha256:')[:12]}"
@@ -41,25 +44,36 @@ class AdapterSet:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def ensure(self, session: aiohttp.ClientSession, version: ModelVersion) -> str:
-        name = adapter_name(version)
+        return await self.ensure_named(
+            session, adapter_name(version), lambda: self.materialize(version.digest), version.ref
+        )
+
+    async def ensure_named(
+        self,
+        session: aiohttp.ClientSession,
+        name: str,
+        locate: Callable[[], Path],
+        label: str,
+    ) -> str:
+        """Loads the adapter directory `locate()` returns under `name`, unless it is loaded."""
         if name in self.loaded:
             return name
         async with self._locks.setdefault(name, asyncio.Lock()):
             if name in self.loaded:
                 return name
-            path = await asyncio.to_thread(self.materialize, version.digest)
+            path = await asyncio.to_thread(locate)
             body = {"lora_name": name, "lora_path": str(path)}
             try:
                 async with session.post(f"{self.root}/v1/load_lora_adapter", json=body) as reply:
                     text = await reply.text()
                     if reply.status >= 500 and "support" not in text.lower():
-                        raise BackendUnavailable(f"loading {version.ref} failed: {text[:300]}")
+                        raise BackendUnavailable(f"loading {label} failed: {text[:300]}")
                     already = reply.status == 400 and "already" in text.lower()
                     if reply.status >= 400 and not already:
-                        raise AdapterLoadFailed(f"the backend refused {version.ref}: {text[:300]}")
+                        raise AdapterLoadFailed(f"the backend refused {label}: {text[:300]}")
             except (aiohttp.ClientError, TimeoutError) as error:
                 raise BackendUnavailable(f"backend at {self.root} unreachable: {error}") from error
-            self.loaded[name] = version.digest
+            self.loaded[name] = label
             self.last_used[name] = time.monotonic()
             return name
 
@@ -81,6 +95,7 @@ class AdapterSet:
             name
             for name in self.loaded
             if name not in keep
+            and not name.startswith(IDENTITY_PREFIX)
             and self.in_flight[name] <= 0
             and now - self.last_used.get(name, 0) >= idle_seconds
         ]

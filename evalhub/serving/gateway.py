@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,9 +24,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from evalhub.platform import Platform
-from evalhub.serving.adapters import AdapterLoadFailed, AdapterSet, BackendUnavailable
+from evalhub.serving.adapters import (
+    IDENTITY_PREFIX,
+    AdapterLoadFailed,
+    AdapterSet,
+    BackendUnavailable,
+)
 from evalhub.serving.backends import Backend, BackendService
 from evalhub.serving.deployments import Arm, Deployment, DeploymentService
+from evalhub.serving.identity import identity_adapter
 from evalhub.serving.routing import pick_arm
 from evalhub.serving.traffic import TrafficLog
 from registry.entities import ModelKind, ModelVersion
@@ -253,9 +260,25 @@ class Gateway:
         return adapters
 
     async def served_name(self, route: Route) -> str:
-        if route.version.kind is ModelKind.BASE:
+        adapters = self._adapter_set(route.backend)
+        if route.version.kind is ModelKind.ADAPTER:
+            return await adapters.ensure(self.session, route.version)
+        if route.backend.kind != "vllm":
             return route.backend.served_name
-        return await self._adapter_set(route.backend).ensure(self.session, route.version)
+        # vLLM's CPU build gives base requests in mixed batches another adapter's output; an
+        # identity adapter keeps them correct (see evalhub.serving.identity).
+        digest = route.version.digest.removeprefix("sha256:")[:12]
+        return await adapters.ensure_named(
+            self.session,
+            f"{IDENTITY_PREFIX}{digest}",
+            lambda: self._identity_dir(route.version),
+            f"{route.version.ref} (identity adapter)",
+        )
+
+    def _identity_dir(self, version: ModelVersion) -> Path:
+        base_dir = self.platform.registry.artifacts.materialize(version.digest)
+        out = self.platform.settings.home / "identity" / version.digest.removeprefix("sha256:")
+        return identity_adapter(base_dir, out, version.ref)
 
     # -- requests ----------------------------------------------------------------------------
 

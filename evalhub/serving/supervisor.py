@@ -69,7 +69,12 @@ def vllm_backend_spec(
         "--max-cpu-loras", str(max_cpu_loras),
         "--host", "127.0.0.1", "--port", str(port), *extra_args,
     ]  # fmt: skip
-    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1"}
+    env = {
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "HF_HUB_OFFLINE": "1",
+        # GiB of KV cache on CPU builds; the default (4) is more than small machines spare.
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+    }
     return ProcessSpec(name=name, command=command, port=port, env=env, health_timeout=300.0)
 
 
