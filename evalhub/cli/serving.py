@@ -97,9 +97,10 @@ def _print_deployment(deployment: dict) -> None:
     )
     rollout = deployment.get("rollout")
     if rollout:
+        steps = "/".join(f"{step:g}" for step in rollout["steps"])
         console.print(
-            f"  rollout {rollout['status']}: step {rollout['index'] + 1} of {rollout['steps']} "
-            f"({rollout['candidate']} vs control {rollout['control']})"
+            f"  rollout {rollout['status']}: step {rollout['index'] + 1} of {steps}, "
+            f"candidate arm {rollout['candidate']}, control arm {rollout['control']}"
         )
 
 

@@ -2,7 +2,8 @@
 
 Arms name references such as `bot@production`, resolved at request time, so moving an alias
 moves the arm. Every change of arms bumps the revision and keeps the previous arms, which is what
-`rollback` restores. A rollout walks the candidate arm's weight through steps.
+`rollback` restores when no rollout is under way. A rollout walks the candidate arm's weight through
+steps; rolling it back puts all traffic on its control arm, even after it completed.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Rollout(BaseModel):
     candidate: str
     steps: list[float]
     index: int
-    status: Literal["running", "paused", "completed", "aborted"]
+    status: Literal["running", "paused", "completed", "aborted", "rolled_back"]
     updated_at: datetime
 
 
@@ -189,22 +190,30 @@ class DeploymentService:
             return self._commit(session, row, actor, f"deployment.rollout.{body.action}", before)
 
     def rollback(self, name: str, *, actor: str) -> Deployment:
-        """Restores the arms the deployment had before its last change."""
+        """All traffic back to the rollout's control arm, even after a completed rollout.
+
+        Without a rollout, it restores the arms the deployment had before its last change.
+        """
         with Session(writer(self.platform.engine), expire_on_commit=False) as session:
             row = _get(session, name, lock=True)
             before = _entity(row)
-            if not row.previous_arms:
+            rollout = dict(row.rollout) if row.rollout else None
+            if rollout is not None and rollout["status"] != "rolled_back":
+                arms = [dict(arm) for arm in row.arms]
+                _weigh(arms, rollout["control"], rollout["candidate"], 0.0)
+                _set_arms(row, arms)
+                row.rollout = {
+                    **rollout,
+                    "status": "rolled_back",
+                    "updated_at": utcnow().isoformat(),
+                }
+            elif row.previous_arms:
+                _set_arms(row, [dict(arm) for arm in row.previous_arms])
+            else:
                 raise RegistryError(
                     ErrorCode.FAILED_PRECONDITION,
                     f"deployment {name!r} has not changed since it was created; nothing to roll back",
                 )
-            _set_arms(row, [dict(arm) for arm in row.previous_arms])
-            if row.rollout:
-                row.rollout = {
-                    **row.rollout,
-                    "status": "aborted",
-                    "updated_at": utcnow().isoformat(),
-                }
             return self._commit(session, row, actor, "deployment.rollback", before)
 
     def _check(self, backend_name: str, arms: list[Arm]) -> None:

@@ -263,16 +263,23 @@ def test_rollout_steps_and_rollback(served: Served) -> None:
     aborted = served.api.post("/deployments/roll/rollout", {"action": "abort"})
     assert weights(aborted) == {"control": 100, "candidate": 0}
     assert aborted["rollout"]["status"] == "aborted"
-    rolled_back = served.api.post("/deployments/roll/rollback")
-    assert weights(rolled_back) == {"control": 50, "candidate": 50}
+    resumed = served.api.post("/deployments/roll/rollout", {"action": "start", "steps": [100]})
+    assert weights(resumed) == {"control": 0, "candidate": 100}
+    assert resumed["rollout"]["status"] == "completed"
+    rolled_back = served.api.post("/deployments/roll/rollback")  # even after completion
+    assert weights(rolled_back) == {"control": 100, "candidate": 0}
+    assert rolled_back["rollout"]["status"] == "rolled_back"
+    undone = served.api.post("/deployments/roll/rollback")  # no rollout: undo the last change
+    assert weights(undone) == {"control": 0, "candidate": 100}
     with pytest.raises(Exception, match="sum to 100"):
         served.api.patch(
             "/deployments/roll",
             {"arms": [{"name": "control", "model": "bot@production", "weight": 70}]},
         )
     audit = served.api.get("/audit", resource="deployments/roll")["data"]
-    assert [a["action"] for a in audit][:3] == [
+    assert [a["action"] for a in audit][:4] == [
         "deployment.rollback",
+        "deployment.rollback",
+        "deployment.rollout.start",
         "deployment.rollout.abort",
-        "deployment.rollout.pause",
     ]
