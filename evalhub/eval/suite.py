@@ -134,13 +134,14 @@ class Suite(BaseModel):
 
     def build_metrics(self, runtime: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """Metric objects by result key; `runtime` adds options never saved (keys, caches)."""
-        from evalhub.eval.metrics import create_metric
+        return {spec.key: _build_metric(spec, runtime or {}) for spec in self.config.metrics}
 
-        runtime = runtime or {}
-        return {
-            spec.key: create_metric(spec.name, **spec.options, **runtime.get(spec.name, {}))
-            for spec in self.config.metrics
-        }
+
+def _build_metric(spec: MetricSpec, runtime: dict[str, dict[str, Any]]) -> Any:
+    """Runtime options (keys, caches, settings' defaults) fill in what the suite leaves out."""
+    from evalhub.eval.metrics import create_metric
+
+    return create_metric(spec.name, **{**runtime.get(spec.name, {}), **spec.options})
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -179,8 +180,17 @@ def _looks_like_path(reference: str) -> bool:
     return reference.endswith((".jsonl", ".json")) or reference.startswith((".", "/"))
 
 
-def load_suite(path: str | Path, resolve_dataset: DatasetResolver | None = None) -> Suite:
-    """Load and validate a suite YAML and its dataset; raise SuiteError listing every problem."""
+def load_suite(
+    path: str | Path,
+    resolve_dataset: DatasetResolver | None = None,
+    *,
+    metric_runtime: dict[str, dict[str, Any]] | None = None,
+) -> Suite:
+    """Load and validate a suite YAML and its dataset; raise SuiteError listing every problem.
+
+    `metric_runtime` is what the run will pass to `build_metrics` (e.g. a judge endpoint or a
+    price table from settings), so that metrics relying on it validate here too.
+    """
     path = Path(path)
     file = str(path)
     try:
@@ -213,7 +223,7 @@ def load_suite(path: str | Path, resolve_dataset: DatasetResolver | None = None)
         ]
         raise SuiteError(problems) from error
 
-    problems = _check_metrics(config, root, file)
+    problems = _check_metrics(config, root, file, metric_runtime or {})
     dataset_path: Path | None = None
     dataset_line = _node_line(root, ("dataset",))
     if _looks_like_path(config.dataset):
@@ -266,9 +276,11 @@ def load_suite(path: str | Path, resolve_dataset: DatasetResolver | None = None)
     )
 
 
-def _check_metrics(config: SuiteConfig, root: yaml.Node | None, file: str) -> list[Problem]:
+def _check_metrics(
+    config: SuiteConfig, root: yaml.Node | None, file: str, runtime: dict[str, dict[str, Any]]
+) -> list[Problem]:
     """Build every metric once so that unknown names and bad options fail before anything runs."""
-    from evalhub.eval.metrics import MetricError, create_metric
+    from evalhub.eval.metrics import MetricError
 
     problems: list[Problem] = []
     seen: set[str] = set()
@@ -279,7 +291,7 @@ def _check_metrics(config: SuiteConfig, root: yaml.Node | None, file: str) -> li
             problems.append(Problem(file=file, line=line, message=message))
         seen.add(spec.key)
         try:
-            create_metric(spec.name, **spec.options)
+            _build_metric(spec, runtime)
         except MetricError as error:
             problems.append(Problem(file=file, line=line, message=f"metrics.{index}: {error}"))
     return problems
