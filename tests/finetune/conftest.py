@@ -32,3 +32,9 @@ def tiny_tokenizer(tiny_base: Path):
     from evalhub.finetune.loading import load_tokenizer
 
     return load_tokenizer(tiny_base)
+
+
+def register_tiny_base(platform, directory: Path, name: str = "tiny") -> str:  # type: ignore[no-untyped-def]
+    """Register the session's tiny model as a base version of `name`; returns its ref."""
+    platform.registry.create_model(name, "base")
+    return platform.registry.register_version(name, directory).ref

@@ -1,0 +1,448 @@
+"""`evalhub finetune ...` and `evalhub models create-tiny`: fine-tuning from the command line.
+
+Jobs and files go through the OpenAI-compatible routes under /v1, the same ones the `openai` client
+uses; estimates and validation against a registered model go through /api/v1/finetune.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from evalhub.cli.output import api_errors, console, errors, fail, fields, print_json, table
+from evalhub.cli.registry import models_app, register_directory
+from evalhub.client import ApiError, Client
+from evalhub.settings import Settings
+
+finetune_app = typer.Typer(
+    help="Fine-tuning: validate data, estimate memory, run and follow jobs.", no_args_is_help=True
+)
+jobs_app = typer.Typer(help="Fine-tuning jobs on the server.", no_args_is_help=True)
+finetune_app.add_typer(jobs_app, name="jobs")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+FINISHED = ("succeeded", "failed", "cancelled")
+JOB_COLUMNS = ["id", "status", "model", "fine_tuned_model", "created_at", "finished_at"]
+
+
+# -- talking to /v1 ----------------------------------------------------------------------------
+
+
+def call(client: Client, method: str, path: str, **kwargs: Any) -> Any:
+    """A request to the OpenAI-compatible routes; their errors become ApiError like /api/v1's."""
+    try:
+        response = client.http.request(method, path, **kwargs)
+    except Exception as error:  # httpx transport errors: the server is not there
+        raise ApiError(0, "UNAVAILABLE", f"cannot reach {client.http.base_url}: {error}") from None
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            raise ApiError(response.status_code, str(error.get("code")), error["message"])
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(response.status_code, "HTTP_ERROR", response.text[:500]) from None
+    return response.json()
+
+
+def upload(client: Client, path: Path) -> dict[str, Any]:
+    with path.open("rb") as handle:
+        files = {"file": (path.name, handle, "application/jsonl")}
+        return call(client, "POST", "/v1/files", files=files, data={"purpose": "fine-tune"})
+
+
+@contextmanager
+def connected(settings: Settings, worker: bool = False) -> Iterator[Client]:
+    """A client; without EVALHUB_URL (in-process mode) optionally a local worker that runs jobs."""
+    with api_errors(), Client.connect(settings) as client:
+        if not worker or settings.url:
+            yield client
+            return
+        from evalhub.jobs.handlers import default_handlers
+        from evalhub.jobs.worker import Worker
+        from evalhub.platform import Platform
+
+        platform = Platform.open(settings)
+        runner = Worker(platform.jobs, default_handlers(platform), poll_seconds=0.5).start()
+        try:
+            yield client
+        finally:
+            runner.stop()
+            platform.close()
+
+
+def _human_time(value: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) if value else ""
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+class RunConfig(BaseModel):
+    """The YAML of `evalhub finetune run`; paths are relative to the YAML file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    training_file: Path
+    validation_file: Path | None = None
+    method: str = "lora"
+    options: dict[str, Any] = Field(default_factory=dict, description="The method's options")
+    training: dict[str, Any] = Field(
+        default_factory=dict, description="evalhub options: max_steps, warmup_ratio, ..."
+    )
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    suffix: str | None = None
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+
+    def job_body(self, training_file: str, validation_file: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "training_file": training_file,
+            "method": {
+                "type": "supervised",
+                "supervised": {"hyperparameters": self.hyperparameters},
+            },
+            "evalhub": {"method": self.method, **self.options, **self.training},
+        }
+        optional = {
+            "validation_file": validation_file,
+            "suffix": self.suffix,
+            "seed": self.seed,
+            "metadata": self.metadata,
+        }
+        body.update({key: value for key, value in optional.items() if value is not None})
+        return body
+
+
+def load_run_config(path: Path) -> RunConfig:
+    if not path.is_file():
+        fail(f"{path} is not a file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        config = RunConfig.model_validate(raw)
+    except yaml.YAMLError as error:
+        fail(f"{path} is not valid YAML: {error}")
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in error.errors()
+        )
+        fail(f"{path}: {problems}")
+    for name in ("training_file", "validation_file"):
+        value = getattr(config, name)
+        if value is None:
+            continue
+        resolved = value if value.is_absolute() else path.parent / value
+        if not resolved.is_file():
+            fail(f"{path}: {name} {resolved} is not a file")
+        setattr(config, name, resolved)
+    return config
+
+
+def follow(client: Client, job_id: str, poll: float = 1.0) -> dict[str, Any]:
+    """A progress bar with step and loss until the job ends; messages print above it."""
+    job = call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}")
+    seen = 0
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(job["status"], total=job["evalhub"]["total_steps"], loss="-")
+        while True:
+            page = call(
+                client, "GET", f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 200}
+            )
+            for event in reversed(page["data"]):
+                number = int(event["id"].removeprefix("ftevent-"))
+                if number <= seen:
+                    continue
+                seen = number
+                data = event.get("data") or {}
+                if event["type"] == "metrics":
+                    progress.update(task, completed=data["step"], loss=f"{data['train_loss']:.4f}")
+                else:
+                    progress.console.print(f"  {event['message']}", highlight=False)
+            job = call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}")
+            progress.update(task, description=job["status"])
+            if job["status"] in FINISHED:
+                return job
+            time.sleep(poll)
+
+
+@finetune_app.command("run")
+def run(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="The job, as YAML")],
+    detach: Annotated[bool, typer.Option(help="Create the job and return at once.")] = False,
+) -> None:
+    """Upload the files, create the job and follow it until it ends (exit 1 unless it succeeds)."""
+    config = load_run_config(config_path)
+    settings = Settings()
+    with connected(settings, worker=not detach) as client:
+        assert config.training_file is not None
+        training = upload(client, config.training_file)
+        console.print(f"uploaded {config.training_file.name} as {training['id']}")
+        validation = None
+        if config.validation_file is not None:
+            validation = upload(client, config.validation_file)["id"]
+            console.print(f"uploaded {config.validation_file.name} as {validation}")
+        body = config.job_body(training["id"], validation)
+        job = call(client, "POST", "/v1/fine_tuning/jobs", json=body)
+        console.print(f"created [bold]{job['id']}[/] ({job['evalhub']['total_steps']} steps)")
+        if detach:
+            return
+        try:
+            job = follow(client, job["id"])
+        except KeyboardInterrupt:
+            fail(f"stopped following; cancel with `evalhub finetune jobs cancel {job['id']}`", 130)
+    if job["status"] != "succeeded":
+        message = (job.get("error") or {}).get("message") or job["status"]
+        fail(f"job {job['id']} {job['status']}: {message}")
+    metrics = job["evalhub"].get("metrics") or {}
+    summary = ", ".join(
+        f"{key} {value:.4g}" for key, value in metrics.items() if isinstance(value, float)
+    )
+    console.print(f"[bold green]succeeded[/]: {job['fine_tuned_model']}")
+    console.print(f"registered {job['evalhub']['registered_version']} ({summary})")
+
+
+# -- jobs --------------------------------------------------------------------------------------
+
+
+@jobs_app.command("list")
+def jobs_list(
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+    after: Annotated[str | None, typer.Option(help="Job id to page after")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Fine-tuning jobs, newest first."""
+    with connected(Settings()) as client:
+        params = {"limit": limit, **({"after": after} if after else {})}
+        page = call(client, "GET", "/v1/fine_tuning/jobs", params=params)
+    if as_json:
+        print_json(page["data"])
+        return
+    rows = [
+        {**job, "created_at": _human_time(job["created_at"]),
+         "finished_at": _human_time(job["finished_at"])}
+        for job in page["data"]
+    ]  # fmt: skip
+    table(rows, JOB_COLUMNS, "fine-tuning jobs")
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, as_json: JsonFlag = False) -> None:
+    """One job: status, hyperparameters, result."""
+    with connected(Settings()) as client:
+        job = call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}")
+    if as_json:
+        print_json(job)
+        return
+    details = job.pop("evalhub")
+    job["error"] = (job.get("error") or {}).get("message")
+    fields(job, ["id", "status", "model", "fine_tuned_model", "training_file",
+                 "validation_file", "hyperparameters", "seed", "trained_tokens", "error"])  # fmt: skip
+    fields(details)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str) -> None:
+    """Cancel a job: a queued one at once, a running one at its next step."""
+    with connected(Settings()) as client:
+        job = call(client, "POST", f"/v1/fine_tuning/jobs/{job_id}/cancel")
+    state = "cancellation requested" if job["status"] == "running" else job["status"]
+    console.print(f"{job_id}: {state}")
+
+
+@jobs_app.command("events")
+def jobs_events(
+    job_id: str,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """A job's events, oldest of the last LIMIT first."""
+    with connected(Settings()) as client:
+        page = call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": limit})
+    events = list(reversed(page["data"]))
+    if as_json:
+        print_json(events)
+        return
+    rows = [{**event, "created_at": _human_time(event["created_at"])} for event in events]
+    table(rows, ["created_at", "level", "type", "message"], f"events of {job_id}")
+
+
+# -- validate and estimate ---------------------------------------------------------------------
+
+
+@finetune_app.command("validate")
+def validate(
+    file: Annotated[Path, typer.Argument(metavar="FILE.jsonl")],
+    model: Annotated[
+        str | None, typer.Option(help="Count tokens with this registered base model")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Warn above this many tokens")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check a chat JSONL file as job creation will (exit 1 when it would be refused)."""
+    from evalhub.finetune.data import ValidationReport, format_report, validate_chat_file
+
+    if not file.is_file():
+        fail(f"{file} is not a file")
+    if model is None:
+        try:
+            report = validate_chat_file(file, max_tokens=max_tokens)
+        except UnicodeDecodeError:
+            fail(f"{file} is not UTF-8 text (JSONL)")
+    else:
+        with connected(Settings()) as client, file.open("rb") as handle:
+            data = {"model": model, **({"max_tokens": str(max_tokens)} if max_tokens else {})}
+            raw = client.request(
+                "POST", "/finetune/validate", files={"file": (file.name, handle)}, data=data
+            )
+        report = ValidationReport.model_validate(raw).model_copy(update={"path": str(file)})
+    if as_json:
+        print_json(report.model_dump(mode="json"))
+    else:
+        console.print(format_report(report), highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def _local_config(value: str) -> dict[str, Any] | None:
+    path = Path(value)
+    if path.is_dir() and (path / "config.json").is_file():
+        path = path / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        fail(f"{path} is not JSON: {error}")
+
+
+@finetune_app.command("estimate")
+def estimate_command(
+    model: Annotated[
+        str, typer.Option(help="A registered model (REF) or a config.json / model directory")
+    ],
+    method: Annotated[str, typer.Option(help="full, lora, dora, qlora, galore, or all")] = "lora",
+    rank: Annotated[int, typer.Option(min=1)] = 16,
+    batch_size: Annotated[int, typer.Option(min=1)] = 1,
+    seq_len: Annotated[int, typer.Option(min=1)] = 512,
+    target_modules: Annotated[str, typer.Option(help="attention or all-linear")] = "all-linear",
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16")] = "bfloat16",
+    gradient_checkpointing: bool = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Trainable parameters and memory (weights, gradients, optimizer, activations) of a run."""
+    from evalhub.finetune.estimate import estimate
+
+    methods = ["full", "lora", "dora", "qlora", "galore"] if method == "all" else [method]
+    options = {
+        "rank": rank, "target_modules": target_modules, "batch_size": batch_size,
+        "seq_len": seq_len, "dtype": dtype, "gradient_checkpointing": gradient_checkpointing,
+    }  # fmt: skip
+    config = _local_config(model)
+    label = model
+    if config is None:
+        with connected(Settings()) as client:
+            answer = client.post("/finetune/estimate", {"model": model, "method": "full"})
+        config, label = answer["config"], answer["model"]
+    try:
+        results = [estimate(config, name, **options).model_dump() for name in methods]
+    except ValueError as error:
+        fail(str(error))
+    if as_json:
+        print_json(results)
+        return
+    rows = []
+    for result in results:
+        total = sum(
+            result[f"{part}_bytes"] for part in ("weights", "gradients", "optimizer", "activations")
+        )
+        rows.append(
+            {
+                "method": result["method"],
+                "trainable": f"{result['trainable_parameters']:,}",
+                "of total": f"{result['trainable_parameters'] / result['total_parameters']:.2%}",
+                **{part: _bytes(result[f"{part}_bytes"])
+                   for part in ("weights", "gradients", "optimizer", "activations")},
+                "total": _bytes(total),
+            }
+        )  # fmt: skip
+    columns = ["method", "trainable", "of total", "weights", "gradients", "optimizer",
+               "activations", "total"]  # fmt: skip
+    title = (
+        f"{label}: {results[0]['total_parameters']:,} parameters, batch {batch_size} x {seq_len}"
+    )
+    table(rows, columns, title)
+
+
+# -- models create-tiny --------------------------------------------------------------------------
+
+
+@models_app.command("create-tiny")
+def create_tiny(
+    name: Annotated[str, typer.Argument(help="Registered model name, e.g. tiny")],
+    seed: int = 0,
+    pretrain_steps: Annotated[
+        int, typer.Option(min=0, help="Steps of the copy-task pretraining (fewer: faster, weaker)")
+    ] = 300,
+    as_json: JsonFlag = False,
+) -> None:
+    """Build the tiny Llama base and its tokenizer offline and register it as a base version."""
+    import torch
+
+    from evalhub.finetune.tiny import build_tiny_model
+
+    torch.set_num_threads(1)  # bit-identical builds, and kind to a shared machine
+    with tempfile.TemporaryDirectory(prefix="evalhub-tiny-") as work:
+        with Progress(
+            TextColumn("building tiny model"), BarColumn(), MofNCompleteColumn(),
+            console=errors, transient=True,
+        ) as progress:  # fmt: skip
+            task = progress.add_task("pretrain", total=pretrain_steps)
+            directory = build_tiny_model(
+                Path(work) / name,
+                seed=seed,
+                pretrain_steps=pretrain_steps,
+                progress=lambda event: progress.update(task, completed=event["step"]),
+            )
+        with connected(Settings()) as client:
+            try:
+                client.get(f"/models/{name}")
+            except ApiError as error:
+                if error.status != 404:
+                    raise
+                description = f"tiny Llama built offline (seed {seed})"
+                client.post("/models", {"name": name, "kind": "base", "description": description})
+            version = register_directory(
+                client, directory, name, description=f"evalhub tiny model, seed {seed}"
+            )
+    if as_json:
+        print_json(version)
+        return
+    console.print(
+        f"registered [bold]{version['ref']}[/] ({version['parameter_count']:,} parameters, "
+        f"{version['digest'][:19]}…)"
+    )

@@ -1,0 +1,66 @@
+"""`evalhub finetune ...` and `evalhub models create-tiny` in the CLI's in-process mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from evalhub.cli.main import app
+from evalhub.finetune.tasks import upper_case_task, write_jsonl
+
+
+@pytest.fixture
+def cli(tmp_path: Path):  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    env = {"EVALHUB_HOME": str(tmp_path / "home"), "EVALHUB_URL": "", "COLUMNS": "160"}
+
+    def invoke(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, list(args), env=env)
+        output = result.output + (result.stderr if result.stderr_bytes is not None else "")
+        assert result.exit_code == code, f"{args}: {output}"
+        assert "Traceback" not in output
+        return output
+
+    return invoke
+
+
+def test_create_tiny_validate_estimate_run_and_inspect(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert "registered tiny/1" in cli("models", "create-tiny", "tiny", "--pretrain-steps", "10")
+
+    train = write_jsonl(tmp_path / "train.jsonl", upper_case_task(40, seed=1))
+    rows = upper_case_task(12, seed=2)
+    rows[2] = {"messages": [{"role": "user", "content": "no answer"}]}
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows)
+    out = cli("finetune", "validate", str(bad), code=1)
+    assert "line 3: example_missing_assistant_message" in out
+    out = cli("finetune", "validate", str(train), "--model", "tiny")
+    assert "40 examples, OK" in out and "tokens per example" in out
+
+    out = cli("finetune", "estimate", "--model", "tiny", "--method", "lora", "--rank", "16")
+    assert "lora" in out and "79,872" in out and "optimizer" in out
+
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "model: tiny\ntraining_file: train.jsonl\nsuffix: cli\nseed: 1\nmethod: lora\n"
+        "options: {rank: 4}\ntraining: {max_steps: 4, checkpoint_every: 2}\n"
+        "hyperparameters: {batch_size: 8}\n"
+    )
+    out = cli("finetune", "run", str(config))
+    assert "succeeded: ft:tiny:cli:ftjob-" in out and "registered tiny-cli/1" in out
+    assert "Checkpoint saved at step 2" in out
+    job_id = out.split("created ")[1].split()[0]
+
+    listed = json.loads(cli("finetune", "jobs", "list", "--json"))
+    assert [job["id"] for job in listed] == [job_id]
+    shown = json.loads(cli("finetune", "jobs", "show", job_id, "--json"))
+    assert shown["status"] == "succeeded" and shown["evalhub"]["registered_version"] == "tiny-cli/1"
+    assert "Step 4/4: training loss=" in cli("finetune", "jobs", "events", job_id)
+    assert "already succeeded" in cli("finetune", "jobs", "cancel", job_id, code=1)
+
+    config.write_text(config.read_text().replace("train.jsonl", "bad.jsonl"))
+    out = cli("finetune", "run", str(config), code=1)
+    assert "line 3: example_missing_assistant_message" in out
+    assert len(json.loads(cli("finetune", "jobs", "list", "--json"))) == 1
