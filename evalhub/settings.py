@@ -38,6 +38,38 @@ class Settings(BaseSettings):
     run_worker: bool = Field(
         default=True, description="Run a job worker inside `evalhub serve` (the embedded default)."
     )
+    serving_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoint that serves registry models by their ref",
+    )
+    judge_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoint of the LLM judge, when a suite names none.",
+    )
+    judge_model: str | None = Field(
+        default=None, description="The judge's model name, when a suite names none."
+    )
+    judge_api_key: SecretStr | None = Field(
+        default=None,
+        description="API key sent only to judge_base_url; never taken from requests.",
+    )
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Per-model prices per million tokens for the `cost` metric, as JSON: "
+        '{"model": {"prompt": 0.15, "completion": 0.6}}.',
+    )
+    vllm_python: str = Field(
+        default=".vllm-venv/bin/python",
+        description="The Python that runs vLLM (its own virtualenv; the GPU or the CPU build).",
+    )
+    vllm_max_loras: int = Field(default=4, description="Adapters vLLM keeps on the device.")
+    vllm_max_lora_rank: int = Field(default=16, description="Largest adapter rank vLLM accepts.")
+    vllm_max_cpu_loras: int = Field(default=8, description="Adapters vLLM caches in CPU memory.")
+    vllm_args: list[str] = Field(
+        default_factory=lambda: ["--dtype", "float32", "--max-model-len", "512"],
+        description="More vLLM arguments (JSON list in the environment).",
+    )
+    gateway_timeout: float = Field(default=120.0, description="Seconds a backend may take.")
     url: str | None = Field(
         default=None, description="The CLI talks to this server; in-process when unset."
     )

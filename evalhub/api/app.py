@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,12 +12,26 @@ from prometheus_client import CollectorRegistry
 
 from evalhub import __version__
 from evalhub.api import errors
+from evalhub.api import openai as openai_api
 from evalhub.api.middleware import BodySizeLimit, PrometheusMetrics
-from evalhub.api.routes import admin, aliases, datasets, health, models
+from evalhub.api.routes import (
+    admin,
+    aliases,
+    datasets,
+    evals,
+    finetune,
+    gateway,
+    health,
+    models,
+    serving,
+)
 from evalhub.auth.tokens import Principal
 from evalhub.jobs.handlers import default_handlers
 from evalhub.jobs.worker import Worker
 from evalhub.platform import Platform
+from evalhub.serving.backends import BackendService
+from evalhub.serving.gateway import Gateway
+from evalhub.serving.supervisor import Supervisor
 from evalhub.settings import Settings
 
 API_PREFIX = "/api/v1"
@@ -33,10 +48,12 @@ def create_app(
     platform: Platform | None = None,
     local_principal: Principal | None = None,
     run_worker: bool = False,
+    supervise: bool = False,
 ) -> FastAPI:
     """`local_principal` skips token checks: the CLI's in-process mode on the user's own home.
 
-    `run_worker` runs a job worker in the server process (what `evalhub serve` does by default).
+    `run_worker` runs a job worker in the server process (what `evalhub serve` does by default);
+    `supervise` lets it start and restart managed backend processes.
     """
     settings = settings or (platform.settings if platform else Settings())
 
@@ -47,10 +64,20 @@ def create_app(
             app.state.platform = Platform.open(settings)
         worker = None
         if run_worker:
-            worker = Worker(app.state.platform.jobs, default_handlers()).start()
+            worker = Worker(app.state.platform.jobs, default_handlers(app.state.platform)).start()
+        platform_ = app.state.platform
+        supervisor = Supervisor(platform_.settings.home / "logs") if supervise else None
+        app.state.backends = BackendService(platform_, supervisor)
+        app.state.gateway = Gateway(platform_, app.state.backends, metrics=app.state.metrics)
+        await app.state.gateway.start()
+        if supervisor is not None:
+            await asyncio.to_thread(app.state.backends.restart_managed)
         try:
             yield
         finally:
+            await app.state.gateway.close()
+            if supervisor is not None:
+                supervisor.close()
             if worker is not None:
                 worker.stop()
             if owned:
@@ -63,15 +90,20 @@ def create_app(
         description="Train, register, serve, evaluate, gate, roll out and roll back LLM adapters.",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        # FastAPI's OpenTelemetry hooks cost a tenth of the gateway's time per request; evalhub
+        # exports Prometheus metrics and keeps its own traffic log instead.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.platform = platform
     app.state.local_principal = local_principal
     app.state.metrics = CollectorRegistry()
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (models, aliases, datasets, admin):
+    for module in (models, aliases, datasets, evals, finetune, serving, admin):
         api.include_router(module.router)
     app.include_router(api)
+    app.include_router(openai_api.router)
+    app.include_router(gateway.router)
     app.include_router(health.router)
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)

@@ -1,6 +1,13 @@
-"""One table from domain error codes to HTTP statuses, and handlers that answer in one JSON shape."""
+"""One table from domain error codes to HTTP statuses, and handlers that answer in one JSON shape.
+
+Two shapes, chosen by path: the OpenAI-compatible routes under /v1 answer as OpenAI does,
+`{"error": {"message", "type", "param", "code"}}`, so that its clients raise their usual errors;
+everything else answers evalhub's `{"error": {"code", "message"}}`.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -8,6 +15,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.errors import ErrorCode, RegistryError
+
+OPENAI_PREFIX = "/v1/"
 
 STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.INVALID_ARGUMENT: 400,
@@ -32,30 +41,75 @@ CODE_BY_STATUS: dict[int, ErrorCode] = {
     422: ErrorCode.INVALID_ARGUMENT,
 }
 
+# OpenAI's error `type` per HTTP status.
+OPENAI_TYPE_BY_STATUS: dict[int, str] = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+}
+
 
 def error_body(code: ErrorCode | str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": str(code), "message": message}}
 
 
-def error_response(status: int, code: ErrorCode | str, message: str) -> JSONResponse:
+def openai_error_body(
+    status: int, code: ErrorCode | str, message: str, param: str | None = None
+) -> dict[str, dict[str, Any]]:
+    error_type = OPENAI_TYPE_BY_STATUS.get(
+        status, "server_error" if status >= 500 else "invalid_request_error"
+    )
+    return {
+        "error": {"message": message, "type": error_type, "param": param, "code": str(code).lower()}
+    }
+
+
+def error_response(
+    status: int,
+    code: ErrorCode | str,
+    message: str,
+    *,
+    request: Request | None = None,
+    param: str | None = None,
+) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+    if request is not None and request.url.path.startswith(OPENAI_PREFIX):
+        body: dict[str, Any] = openai_error_body(status, code, message, param)
+    else:
+        body = error_body(code, message)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field(location: tuple[Any, ...] | list[Any]) -> str | None:
+    """`("body", "hyperparameters", "n_epochs")` -> "hyperparameters.n_epochs"."""
+    parts = [str(part) for part in location if part not in ("body", "query", "path", "form")]
+    return ".".join(parts) or None
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(RegistryError)
-    async def _registry_error(_request: Request, error: RegistryError) -> JSONResponse:
-        return error_response(STATUS_BY_CODE.get(error.code, 500), error.code, error.message)
+    async def _registry_error(request: Request, error: RegistryError) -> JSONResponse:
+        status = STATUS_BY_CODE.get(error.code, 500)
+        param = getattr(error, "param", None)
+        return error_response(status, error.code, error.message, request=request, param=param)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        items = error.errors()
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in item.get('loc', ()))}: {item.get('msg')}"
-            for item in error.errors()
+            f"{_field(item.get('loc', ())) or 'request'}: {item.get('msg')}" for item in items
         )
-        return error_response(422, ErrorCode.INVALID_ARGUMENT, problems or "invalid request")
+        # OpenAI answers a malformed request with 400; evalhub's own API keeps FastAPI's 422.
+        status = 400 if request.url.path.startswith(OPENAI_PREFIX) else 422
+        param = _field(items[0].get("loc", ())) if items else None
+        return error_response(
+            status, ErrorCode.INVALID_ARGUMENT, problems or "invalid request",
+            request=request, param=param,
+        )  # fmt: skip
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = CODE_BY_STATUS.get(error.status_code, ErrorCode.INTERNAL)
-        return error_response(error.status_code, code, str(error.detail))
+        return error_response(error.status_code, code, str(error.detail), request=request)

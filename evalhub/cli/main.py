@@ -6,8 +6,11 @@ from typing import Annotated
 
 import typer
 
+from evalhub.cli.eval import eval_app, gate_command
+from evalhub.cli.finetune import finetune_app
 from evalhub.cli.output import api_errors, console, fail, fields, print_json, table
 from evalhub.cli.registry import alias_app, datasets_app, models_app, versions_app
+from evalhub.cli.serving import backend_app, deploy_app, traffic
 from evalhub.client import Client
 from evalhub.settings import Settings
 
@@ -25,6 +28,12 @@ app.add_typer(alias_app, name="alias")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
+app.add_typer(eval_app, name="eval")
+app.add_typer(finetune_app, name="finetune")
+app.add_typer(backend_app, name="backend")
+app.add_typer(deploy_app, name="deploy")
+app.command()(traffic)
+app.command("gate")(gate_command)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -33,6 +42,9 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    access_log: Annotated[
+        bool, typer.Option(help="Log every HTTP request (the traffic log already records them)")
+    ] = False,
 ) -> None:
     """Run the API server on EVALHUB_HOME (or EVALHUB_DATABASE_URL), migrating it to head first."""
     import uvicorn
@@ -51,8 +63,8 @@ def serve(
             highlight=False,
             soft_wrap=True,
         )
-    app_ = create_app(platform=platform, run_worker=settings.run_worker)
-    uvicorn.run(app_, host=host, port=port, log_level="info")
+    app_ = create_app(platform=platform, run_worker=settings.run_worker, supervise=True)
+    uvicorn.run(app_, host=host, port=port, log_level="info", access_log=access_log)
 
 
 @app.command()
@@ -79,7 +91,7 @@ def worker(
     from evalhub.platform import Platform
 
     platform = Platform.open(Settings())
-    handlers = default_handlers()
+    handlers = default_handlers(platform)
     runner = Worker(platform.jobs, handlers, poll_seconds=poll)
     console.print(f"worker {runner.worker_id} for {', '.join(sorted(handlers)) or 'no'} jobs")
     try:

@@ -5,10 +5,20 @@ from __future__ import annotations
 from sqlmodel import SQLModel
 
 from evalhub.db import tables as evalhub_tables
+from evalhub.eval import tables as eval_tables
+from evalhub.finetune import tables as finetune_tables
 from evalhub.jobs import tables as job_tables
+from evalhub.serving import tables as serving_tables
 from registry import tables as registry_tables
 
 #: Importing these modules registers their tables on the one metadata; add new table modules here.
-TABLE_MODULES = (evalhub_tables, job_tables, registry_tables)
+TABLE_MODULES = (
+    evalhub_tables,
+    eval_tables,
+    finetune_tables,
+    job_tables,
+    registry_tables,
+    serving_tables,
+)
 
 metadata = SQLModel.metadata
