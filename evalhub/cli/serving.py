@@ -19,13 +19,16 @@ deploy_app = typer.Typer(
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _create_backend(name: str, kind: str, base: str, url: str | None, port: int | None) -> None:
+def _create_backend(
+    name: str, kind: str, base: str, urls: list[str] | None, port: int | None, replicas: int
+) -> None:
     body = {
         "name": name,
         "kind": kind,
         "base": base,
-        "managed": url is None,
-        "url": url,
+        "managed": not urls,
+        "urls": urls or None,
+        "replicas": replicas,
         "options": {"port": port} if port else {},
     }
     with api_errors(), Client.connect() as client:
@@ -33,7 +36,7 @@ def _create_backend(name: str, kind: str, base: str, url: str | None, port: int 
     how = "started" if backend["managed"] else "attached"
     console.print(
         f"{how} backend [bold]{backend['name']}[/] ({backend['kind']}) serving {backend['base']} "
-        f"at {backend['url']}: {backend['status']}"
+        f"at {', '.join(backend['urls'])}: {backend['status']}"
     )
 
 
@@ -54,11 +57,16 @@ def backend_local(
 def backend_vllm(
     base: Annotated[str, typer.Option(help="Base model version ref")],
     name: Annotated[str, typer.Option(help="Backend name")] = "vllm",
-    port: Annotated[int | None, typer.Option(help="Port (default: a free one)")] = None,
-    url: Annotated[str | None, typer.Option(help="Attach to a vLLM server already running")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port of the first replica (default: free)")
+    ] = None,
+    replicas: Annotated[int, typer.Option(help="vLLM processes to start")] = 1,
+    url: Annotated[
+        list[str] | None, typer.Option(help="Attach to vLLM servers already running (repeatable)")
+    ] = None,
 ) -> None:
     """Serve a base model with vLLM, adapters hot-loaded (EVALHUB_VLLM_PYTHON runs it)."""
-    _create_backend(name, "vllm", base, url, port)
+    _create_backend(name, "vllm", base, url, port, replicas)
 
 
 @backend_app.command("list")
@@ -69,7 +77,9 @@ def backend_list(as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(rows)
         return
-    table(rows, ["name", "kind", "managed", "base", "url", "status", "restarts"], "backends")
+    for row in rows:
+        row["urls"] = " ".join(row["urls"])
+    table(rows, ["name", "kind", "managed", "base", "urls", "status", "restarts"], "backends")
 
 
 @backend_app.command("delete")

@@ -35,8 +35,11 @@ def adapter_name(version: ModelVersion) -> str:
 
 
 class AdapterSet:
-    def __init__(self, backend_url: str, materialize: Callable[[str], Path]) -> None:
-        self.root = backend_url.removesuffix("/v1")
+    """The adapters loaded on one backend, on every one of its replicas."""
+
+    def __init__(self, urls: list[str], materialize: Callable[[str], Path]) -> None:
+        self.urls = list(urls)
+        self.roots = [url.removesuffix("/v1") for url in urls]
         self.materialize = materialize
         self.loaded: dict[str, str] = {}
         self.in_flight: Counter[str] = Counter()
@@ -55,30 +58,38 @@ class AdapterSet:
         locate: Callable[[], Path],
         label: str,
     ) -> str:
-        """Loads the adapter directory `locate()` returns under `name`, unless it is loaded."""
+        """Loads `locate()` under `name` on every replica; done only when all of them confirm."""
         if name in self.loaded:
             return name
         async with self._locks.setdefault(name, asyncio.Lock()):
             if name in self.loaded:
                 return name
             path = await asyncio.to_thread(locate)
-            body = {"lora_name": name, "lora_path": str(path)}
-            try:
-                async with session.post(f"{self.root}/v1/load_lora_adapter", json=body) as reply:
-                    text = await reply.text()
-                    if reply.status >= 500 and "support" not in text.lower():
-                        raise BackendUnavailable(f"loading {label} failed: {text[:300]}")
-                    already = reply.status == 400 and "already" in text.lower()
-                    if reply.status >= 400 and not already:
-                        raise AdapterLoadFailed(f"the backend refused {label}: {text[:300]}")
-            except (aiohttp.ClientError, TimeoutError) as error:
-                raise BackendUnavailable(f"backend at {self.root} unreachable: {error}") from error
+            await asyncio.gather(
+                *(self._load(session, root, name, path, label) for root in self.roots)
+            )
             self.loaded[name] = label
             self.last_used[name] = time.monotonic()
             return name
 
+    @staticmethod
+    async def _load(
+        session: aiohttp.ClientSession, root: str, name: str, path: Path, label: str
+    ) -> None:
+        body = {"lora_name": name, "lora_path": str(path)}
+        try:
+            async with session.post(f"{root}/v1/load_lora_adapter", json=body) as reply:
+                text = await reply.text()
+                if reply.status >= 500 and "support" not in text.lower():
+                    raise BackendUnavailable(f"loading {label} on {root} failed: {text[:300]}")
+                already = reply.status == 400 and "already" in text.lower()
+                if reply.status >= 400 and not already:
+                    raise AdapterLoadFailed(f"the backend refused {label}: {text[:300]}")
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise BackendUnavailable(f"backend replica at {root} unreachable: {error}") from error
+
     def forget(self, name: str) -> None:
-        """The backend no longer has it (it restarted): load again on next use."""
+        """A replica no longer has it (it restarted): load again on next use."""
         self.loaded.pop(name, None)
 
     def acquire(self, name: str) -> None:
@@ -104,11 +115,12 @@ class AdapterSet:
         async with self._locks.setdefault(name, asyncio.Lock()):
             if self.in_flight[name] > 0 or name not in self.loaded:
                 return
-            try:
-                async with session.post(
-                    f"{self.root}/v1/unload_lora_adapter", json={"lora_name": name}
-                ) as reply:
-                    await reply.read()
-            except (aiohttp.ClientError, TimeoutError):
-                return  # try again on the next sweep
+            for root in self.roots:
+                try:
+                    async with session.post(
+                        f"{root}/v1/unload_lora_adapter", json={"lora_name": name}
+                    ) as reply:
+                        await reply.read()
+                except (aiohttp.ClientError, TimeoutError):
+                    return  # try again on the next sweep
             self.loaded.pop(name, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from typing import Any, Literal
 
@@ -32,7 +33,11 @@ class BackendCreate(BaseModel):
     kind: BackendKind = "local"
     base: str = Field(description="the base model version it serves, e.g. tiny@production")
     managed: bool = Field(default=True, description="evalhub starts and supervises the process")
+    replicas: int = Field(default=1, ge=1, le=16, description="managed: processes to start")
     url: str | None = Field(default=None, description="for managed=false: the server's base URL")
+    urls: list[str] | None = Field(
+        default=None, description="for managed=false: several replicas' base URLs"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -40,7 +45,7 @@ class Backend(BaseModel):
     name: str
     kind: BackendKind
     managed: bool
-    url: str
+    urls: list[str] = Field(description="one base URL per replica")
     base: str
     base_digest: str
     served_name: str
@@ -48,8 +53,12 @@ class Backend(BaseModel):
     created_at: datetime
     created_by: str
     status: str = "unknown"
-    pid: int | None = None
+    pids: list[int] = Field(default_factory=list)
     restarts: int = 0
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
 
 
 def normalise_url(url: str) -> str:
@@ -77,20 +86,24 @@ class BackendService:
             )
         served_name = version.ref
         if body.managed:
-            if body.url:
-                raise invalid("a managed backend gets its URL from evalhub; omit 'url'")
-            url = self._start(body.name, body.kind, version.digest, served_name, body.options)
+            if body.url or body.urls:
+                raise invalid("a managed backend gets its URLs from evalhub; omit 'url' and 'urls'")
+            urls = self._start(
+                body.name, body.kind, version.digest, served_name, body.options, body.replicas
+            )
         else:
-            if not body.url:
-                raise invalid("an attached backend (managed=false) needs its 'url'")
-            url = normalise_url(body.url)
+            given = body.urls or ([body.url] if body.url else [])
+            if not given:
+                raise invalid("an attached backend (managed=false) needs its 'url' or 'urls'")
+            urls = [normalise_url(url) for url in given]
             served_name = body.options.get("served_model_name", served_name)
-            self._check_serves(url, served_name)
+            for url in urls:
+                self._check_serves(url, served_name)
         row = BackendRow(
             name=body.name,
             kind=body.kind,
             managed=body.managed,
-            url=url,
+            urls=urls,
             base_ref=version.ref,
             base_digest=version.digest,
             served_name=served_name,
@@ -113,8 +126,8 @@ class BackendService:
                 )
                 session.commit()
         except BaseException:
-            if body.managed and self.supervisor is not None:
-                self.supervisor.stop(body.name)
+            if body.managed:
+                self._stop(body.name, len(urls))
             raise
         return backend
 
@@ -122,44 +135,69 @@ class BackendService:
         """At server start: managed backends died with the previous server; start them again."""
         for backend in self.list():
             if backend.managed:
-                url = self._start(
+                urls = self._start(
                     backend.name, backend.kind, backend.base_digest, backend.served_name,
-                    backend.options,
+                    backend.options, len(backend.urls),
                 )  # fmt: skip
                 with Session(self.platform.engine) as session:
                     row = session.exec(
                         select(BackendRow).where(BackendRow.name == backend.name)
                     ).one()
-                    row.url = url
+                    row.urls = urls
                     session.add(row)
                     session.commit()
 
     def _start(
-        self, name: str, kind: str, digest: str, served_name: str, options: dict[str, Any]
-    ) -> str:
-        if self.supervisor is None:
+        self,
+        name: str,
+        kind: str,
+        digest: str,
+        served_name: str,
+        options: dict[str, Any],
+        replicas: int,
+    ) -> list[str]:
+        """Starts every replica (process `name-0`, `name-1`, ...) and returns their URLs."""
+        supervisor = self.supervisor
+        if supervisor is None:
             raise RegistryError(
                 ErrorCode.FAILED_PRECONDITION,
                 "this process does not supervise backends; run 'evalhub serve' or attach one by url",
             )
         model_dir = self.platform.registry.artifacts.materialize(digest)
-        port = int(options.get("port") or free_port())
         settings = self.platform.settings
-        if kind == "local":
-            spec = local_backend_spec(name, model_dir, served_name, port)
-        else:
-            spec = vllm_backend_spec(
-                name,
-                model_dir,
-                served_name,
-                port,
-                python=settings.vllm_python,
-                max_loras=int(options.get("max_loras", settings.vllm_max_loras)),
-                max_lora_rank=int(options.get("max_lora_rank", settings.vllm_max_lora_rank)),
-                max_cpu_loras=int(options.get("max_cpu_loras", settings.vllm_max_cpu_loras)),
-                extra_args=list(options.get("args", settings.vllm_args)),
-            )
-        return self.supervisor.start(spec)
+        urls: list[str] = []
+        try:
+            for index in range(replicas):
+                port = int(options["port"]) + index if options.get("port") else free_port()
+                process = _replica(name, index)
+                if kind == "local":
+                    spec = local_backend_spec(process, model_dir, served_name, port)
+                else:
+                    spec = vllm_backend_spec(
+                        process,
+                        model_dir,
+                        served_name,
+                        port,
+                        python=settings.vllm_python,
+                        max_loras=int(options.get("max_loras", settings.vllm_max_loras)),
+                        max_lora_rank=int(
+                            options.get("max_lora_rank", settings.vllm_max_lora_rank)
+                        ),
+                        max_cpu_loras=int(
+                            options.get("max_cpu_loras", settings.vllm_max_cpu_loras)
+                        ),
+                        extra_args=list(options.get("args", settings.vllm_args)),
+                    )
+                urls.append(supervisor.start(spec))
+        except BaseException:
+            self._stop(name, len(urls) + 1)
+            raise
+        return urls
+
+    def _stop(self, name: str, replicas: int) -> None:
+        if self.supervisor is not None:
+            for index in range(replicas):
+                self.supervisor.stop(_replica(name, index))
 
     @staticmethod
     def _check_serves(url: str, served_name: str) -> None:
@@ -188,11 +226,17 @@ class BackendService:
             return self._entity(row)
 
     def with_status(self, backend: Backend) -> Backend:
-        try:
-            healthy = httpx.get(f"{backend.url.removesuffix('/v1')}/health", timeout=2).is_success
-        except httpx.HTTPError:
-            healthy = False
-        return backend.model_copy(update={"status": "healthy" if healthy else "unreachable"})
+        healthy = 0
+        for url in backend.urls:
+            with contextlib.suppress(httpx.HTTPError):
+                healthy += httpx.get(f"{url.removesuffix('/v1')}/health", timeout=2).is_success
+        if healthy == len(backend.urls):
+            status = "healthy"
+        else:
+            status = (
+                f"degraded ({healthy}/{len(backend.urls)} healthy)" if healthy else "unreachable"
+            )
+        return backend.model_copy(update={"status": status})
 
     def delete(self, name: str, *, actor: str) -> None:
         backend = self.get(name)
@@ -216,8 +260,8 @@ class BackendService:
                 ),
             )
             session.commit()
-        if backend.managed and self.supervisor is not None:
-            self.supervisor.stop(name)
+        if backend.managed:
+            self._stop(name, len(backend.urls))
 
     def _entity(self, row: BackendRow) -> Backend:
         supervisor = self.supervisor
@@ -225,16 +269,30 @@ class BackendService:
             name=row.name,
             kind=row.kind,  # type: ignore[arg-type]
             managed=row.managed,
-            url=row.url,
+            urls=row.urls,
             base=row.base_ref,
             base_digest=row.base_digest,
             served_name=row.served_name,
             options=row.options,
             created_at=row.created_at,
             created_by=row.created_by,
-            pid=supervisor.pid(row.name) if supervisor and row.managed else None,
-            restarts=supervisor.restarts(row.name) if supervisor and row.managed else 0,
+            pids=[
+                pid
+                for index in range(len(row.urls))
+                if supervisor
+                and row.managed
+                and (pid := supervisor.pid(_replica(row.name, index))) is not None
+            ],
+            restarts=sum(
+                supervisor.restarts(_replica(row.name, index)) for index in range(len(row.urls))
+            )
+            if supervisor and row.managed
+            else 0,
         )
+
+
+def _replica(name: str, index: int) -> str:
+    return f"{name}-{index}"
 
 
 __all__ = ["Backend", "BackendCreate", "BackendService", "normalise_url", "wait_healthy"]

@@ -139,6 +139,7 @@ class Gateway:
         self.adapter_idle_seconds = adapter_idle_seconds
         self._session: aiohttp.ClientSession | None = None
         self._adapters: dict[str, AdapterSet] = {}
+        self._turns: dict[str, int] = {}
         self._cache = _TTLCache(CACHE_SECONDS)
         self._rng = random.Random()
         self._sweeper: asyncio.Task[None] | None = None
@@ -254,10 +255,16 @@ class Gateway:
 
     def _adapter_set(self, backend: Backend) -> AdapterSet:
         adapters = self._adapters.get(backend.name)
-        if adapters is None or adapters.root != backend.url.removesuffix("/v1"):
-            adapters = AdapterSet(backend.url, self.platform.registry.artifacts.materialize)
+        if adapters is None or adapters.urls != backend.urls:
+            adapters = AdapterSet(backend.urls, self.platform.registry.artifacts.materialize)
             self._adapters[backend.name] = adapters
         return adapters
+
+    def _replicas(self, backend: Backend) -> list[str]:
+        """The backend's replica URLs, starting with the next one in round-robin order."""
+        turn = self._turns[backend.name] = self._turns.get(backend.name, -1) + 1
+        start = turn % len(backend.urls)
+        return backend.urls[start:] + backend.urls[:start]
 
     async def served_name(self, route: Route) -> str:
         adapters = self._adapter_set(route.backend)
@@ -366,17 +373,15 @@ class Gateway:
                 **(body.get("stream_options") or {}),
                 "include_usage": True,
             }
-        url = f"{route.backend.url}/{endpoint}"
+        replicas = self._replicas(route.backend)
         adapters.acquire(served)
         try:
-            reply = await self.session.post(url, json=payload)
-        except (aiohttp.ClientError, TimeoutError) as error:
+            reply = await self._post(replicas, endpoint, payload)
+        except BackendUnavailable:
             adapters.release(served)
-            raise BackendUnavailable(
-                f"backend {route.backend.name!r} is unavailable: {error}"
-            ) from error
+            raise
         if reply.status == 404 and route.version.kind is ModelKind.ADAPTER:
-            # The backend lost the adapter (it restarted): load it again, once.
+            # A replica lost the adapter (it restarted): load it everywhere again, once.
             reply.release()
             adapters.release(served)
             adapters.forget(served)
@@ -384,12 +389,10 @@ class Gateway:
             payload["model"] = served
             adapters.acquire(served)
             try:
-                reply = await self.session.post(url, json=payload)
-            except (aiohttp.ClientError, TimeoutError) as error:
+                reply = await self._post(replicas, endpoint, payload)
+            except BackendUnavailable:
                 adapters.release(served)
-                raise BackendUnavailable(
-                    f"backend {route.backend.name!r} is unavailable: {error}"
-                ) from error
+                raise
         if reply.status >= 500:
             text = await reply.text()
             reply.release()
@@ -439,6 +442,18 @@ class Gateway:
         return Response(
             json.dumps(data), status_code=status, media_type="application/json", headers=headers
         )
+
+    async def _post(
+        self, replicas: list[str], endpoint: str, payload: dict[str, Any]
+    ) -> aiohttp.ClientResponse:
+        """Posts to the first replica that answers; a replica that is down is skipped."""
+        failures = []
+        for url in replicas:
+            try:
+                return await self.session.post(f"{url}/{endpoint}", json=payload)
+            except (aiohttp.ClientError, TimeoutError) as error:
+                failures.append(f"{url}: {error}")
+        raise BackendUnavailable(f"no replica answered ({'; '.join(failures)})")
 
     async def _relay(
         self,

@@ -22,7 +22,11 @@ class BackendRow(SQLModel, table=True):
     name: str = Field(max_length=128, unique=True, index=True)
     kind: str = Field(max_length=16, description="local or vllm")
     managed: bool = Field(description="evalhub starts and supervises the process")
-    url: str = Field(description="OpenAI-compatible base URL, ending in /v1")
+    urls: list[str] = Field(
+        default_factory=list,
+        sa_column=Column(JSON, nullable=False),
+        description="one OpenAI-compatible base URL (ending in /v1) per replica",
+    )
     base_ref: str = Field(max_length=160, description="the base model version it serves")
     base_digest: str = Field(max_length=80)
     served_name: str = Field(max_length=160, description="the base model's name on the backend")

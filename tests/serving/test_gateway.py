@@ -114,7 +114,7 @@ def test_references_are_served_with_their_exact_version(served: Served) -> None:
     # The same request straight to the backend, by the adapter name the gateway loaded.
     backend = served.api.get("/backends/cpu-1")
     loaded = [n for n in backend["options"]["loaded_adapters"] if n.startswith("bot-v1-")]
-    direct = openai.OpenAI(base_url=backend["url"], api_key="x").chat.completions.create(
+    direct = openai.OpenAI(base_url=backend["urls"][0], api_key="x").chat.completions.create(
         model=loaded[0], messages=MESSAGES, max_tokens=8, temperature=0
     )
     assert direct.choices[0].message.content == answers["bot/1"]
@@ -283,3 +283,40 @@ def test_rollout_steps_and_rollback(served: Served) -> None:
         "deployment.rollout.start",
         "deployment.rollout.abort",
     ]
+
+
+def test_replicas_all_load_adapters_and_survive_a_crash(served: Served) -> None:
+    import signal
+
+    backend = served.api.post(
+        "/backends", {"name": "pair", "kind": "local", "base": "tiny/1", "replicas": 2}
+    )
+    assert backend["status"] == "healthy" and len(backend["urls"]) == 2
+    served.api.post(
+        "/deployments",
+        {
+            "name": "paired",
+            "backend": "pair",
+            "arms": [{"name": "main", "model": "bot/2", "weight": 100}],
+        },
+    )
+    client = served.openai()
+    expected = chat(client, "paired").parse().choices[0].message.content
+    for url in backend["urls"]:  # the load went to every replica
+        names = {m.id for m in openai.OpenAI(base_url=url, api_key="x").models.list()}
+        assert any(name.startswith("bot-v2-") for name in names), (url, names)
+
+    os.kill(backend["pids"][0], signal.SIGKILL)  # one replica dies
+    answers = [chat(client, "paired").parse().choices[0].message.content for _ in range(6)]
+    assert answers == [expected] * 6  # served by the other replica meanwhile
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the supervisor restarts it
+        status = served.api.get("/backends/pair")
+        if status["restarts"] >= 1 and status["status"] == "healthy":
+            break
+        time.sleep(0.5)
+    assert status["restarts"] >= 1 and status["status"] == "healthy", status
+    # The restarted replica lost its adapters; the gateway reloads them and nothing fails.
+    answers = [chat(client, "paired").parse().choices[0].message.content for _ in range(6)]
+    assert answers == [expected] * 6

@@ -120,7 +120,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmStack]:
             },
         )
         assert backend["status"] == "healthy", backend
-        yield VllmStack(url, token, api, backend["url"], adapters)
+        yield VllmStack(url, token, api, backend["urls"][0], adapters)
         http.close()
     finally:
         process.terminate()

@@ -2,7 +2,7 @@
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-11-28 21:04:06.842546
+Create Date: 2026-11-28 21:25:49.720217
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def upgrade() -> None:
         sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
         sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("managed", sa.Boolean(), nullable=False),
-        sa.Column("url", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("urls", sa.JSON(), nullable=False),
         sa.Column("base_ref", sqlmodel.sql.sqltypes.AutoString(length=160), nullable=False),
         sa.Column("base_digest", sqlmodel.sql.sqltypes.AutoString(length=80), nullable=False),
         sa.Column("served_name", sqlmodel.sql.sqltypes.AutoString(length=160), nullable=False),
