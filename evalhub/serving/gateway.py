@@ -215,6 +215,12 @@ class Gateway:
             )
         version = await self._cache.get(("ref", arm.model), lambda: self._resolve(arm.model))
         if version is None:
+            control = deployment.control
+            if deployment.failover and arm.name != control.name:
+                log.warning(
+                    "arm %s of %s resolves to nothing; failing over", arm.name, deployment.name
+                )
+                return await self._route_deployment(deployment, user, control.name)
             raise unavailable(
                 f"arm {arm.name!r} of {deployment.name!r}: {arm.model} resolves to nothing"
             )
@@ -318,7 +324,11 @@ class Gateway:
         try:
             return await self._forward(request_id, endpoint, body, model, route, user, started)
         except (BackendUnavailable, GatewayError) as error:
-            retryable = isinstance(error, BackendUnavailable)
+            # An arm that cannot answer (backend down, adapter refused) may fail over; a bad
+            # request would fail on the control arm too, so it does not.
+            retryable = isinstance(error, BackendUnavailable) or (
+                isinstance(error, GatewayError) and error.code == "adapter_not_loadable"
+            )
             deployment = route.deployment
             control = deployment.control if deployment else None
             arm = route.arm
@@ -376,7 +386,7 @@ class Gateway:
         replicas = self._replicas(route.backend)
         adapters.acquire(served)
         try:
-            reply = await self._post(replicas, endpoint, payload)
+            reply = await self._post(route.backend.name, replicas, endpoint, payload)
         except BackendUnavailable:
             adapters.release(served)
             raise
@@ -389,7 +399,7 @@ class Gateway:
             payload["model"] = served
             adapters.acquire(served)
             try:
-                reply = await self._post(replicas, endpoint, payload)
+                reply = await self._post(route.backend.name, replicas, endpoint, payload)
             except BackendUnavailable:
                 adapters.release(served)
                 raise
@@ -444,7 +454,7 @@ class Gateway:
         )
 
     async def _post(
-        self, replicas: list[str], endpoint: str, payload: dict[str, Any]
+        self, backend: str, replicas: list[str], endpoint: str, payload: dict[str, Any]
     ) -> aiohttp.ClientResponse:
         """Posts to the first replica that answers; a replica that is down is skipped."""
         failures = []
@@ -453,7 +463,9 @@ class Gateway:
                 return await self.session.post(f"{url}/{endpoint}", json=payload)
             except (aiohttp.ClientError, TimeoutError) as error:
                 failures.append(f"{url}: {error}")
-        raise BackendUnavailable(f"no replica answered ({'; '.join(failures)})")
+        raise BackendUnavailable(
+            f"backend {backend!r} is unavailable: no replica answered ({'; '.join(failures)})"
+        )
 
     async def _relay(
         self,

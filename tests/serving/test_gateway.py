@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import openai
@@ -320,3 +321,56 @@ def test_replicas_all_load_adapters_and_survive_a_crash(served: Served) -> None:
     # The restarted replica lost its adapters; the gateway reloads them and nothing fails.
     answers = [chat(client, "paired").parse().choices[0].message.content for _ in range(6)]
     assert answers == [expected] * 6
+
+
+def test_unavailable_backends_answer_503_and_failover_uses_control(
+    served: Served, models: Models, tmp_path: Path
+) -> None:
+    # A server we start and then stop, attached as a backend.
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "evalhub.serving.local_server", "--model", str(models.base),
+            "--served-model-name", "tiny/1", "--port", str(port), "--log-level", "warning",
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        from evalhub.serving.supervisor import wait_healthy
+
+        wait_healthy(f"http://127.0.0.1:{port}/v1", 60, None)
+        served.api.post(
+            "/backends",
+            {"name": "fragile", "kind": "local", "base": "tiny/1", "managed": False,
+             "url": f"http://127.0.0.1:{port}"},
+        )  # fmt: skip
+        served.api.post(
+            "/deployments",
+            {"name": "fragile-bot", "backend": "fragile",
+             "arms": [{"name": "only", "model": "bot/1", "weight": 100}]},
+        )  # fmt: skip
+        client = served.openai()
+        assert chat(client, "fragile-bot").parse().choices[0].message.content
+    finally:
+        server.terminate()
+        server.wait(30)
+    with pytest.raises(openai.InternalServerError) as down:
+        chat(client, "fragile-bot")
+    assert down.value.status_code == 503 and "unavailable" in str(down.value)
+
+    # A candidate that resolves to nothing fails over to the control arm when asked to.
+    served.api.put("/models/bot/aliases/doomed", {"version": 2})
+    served.api.post(
+        "/deployments",
+        {"name": "guarded", "backend": "cpu-1", "failover": True,
+         "arms": [{"name": "control", "model": "bot/1", "weight": 0},
+                  {"name": "candidate", "model": "bot@doomed", "weight": 100}]},
+    )  # fmt: skip
+    assert chat(client, "guarded").headers["x-evalhub-arm"] == "candidate"
+    served.api.delete("/models/bot/aliases/doomed")
+    deadline = time.monotonic() + 5  # the routing cache refreshes within a second
+    while (raw := chat(client, "guarded")).headers["x-evalhub-arm"] != "control":
+        assert time.monotonic() < deadline, "never failed over"
+        time.sleep(0.2)
+    assert raw.headers["x-evalhub-arm"] == "control"
+    assert raw.headers["x-evalhub-model-version"] == "bot/1"
