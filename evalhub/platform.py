@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
 from evalhub.audit import record_mutation
-from evalhub.auth.tokens import TokenCache
+from evalhub.auth.tokens import Role, TokenCache
 from evalhub.db import migrate
 from evalhub.jobs.queue import JobQueue
 from evalhub.settings import Settings
@@ -23,6 +23,7 @@ class Platform:
     registry: RegistryStore
     jobs: JobQueue
     tokens: TokenCache
+    serving_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, settings: Settings, *, upgrade: bool = True) -> Platform:
@@ -32,13 +33,26 @@ class Platform:
             migrate.upgrade(engine)
         artifacts = ArtifactStore(settings.resolved_artifact_url, cache_dir=settings.home / "cache")
         registry = RegistryStore(engine, artifacts, listeners=[record_mutation])
+        key = settings.serving_api_key
         return cls(
             settings=settings,
             engine=engine,
             registry=registry,
             jobs=JobQueue(engine),
             tokens=TokenCache(engine),
+            serving_key=key.get_secret_value() if key else None,
         )
+
+    def serve_registry_models_at(self, url: str) -> None:
+        """Registry references are evaluated through this server's own gateway at `url`.
+
+        Its jobs call it with a viewer token that exists only in this process. An explicit
+        EVALHUB_SERVING_URL wins.
+        """
+        if self.settings.serving_url:
+            return
+        self.settings = self.settings.model_copy(update={"serving_url": url})
+        self.serving_key = self.tokens.internal("evalhub-jobs", Role.VIEWER)
 
     def close(self) -> None:
         self.engine.dispose()

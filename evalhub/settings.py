@@ -40,7 +40,11 @@ class Settings(BaseSettings):
     )
     serving_url: str | None = Field(
         default=None,
-        description="OpenAI-compatible endpoint that serves registry models by their ref",
+        description="OpenAI-compatible endpoint that serves registry models by their ref; "
+        "`evalhub serve` uses its own gateway when this is unset",
+    )
+    serving_api_key: SecretStr | None = Field(
+        default=None, description="The key for EVALHUB_SERVING_URL, when it needs one."
     )
     judge_base_url: str | None = Field(
         default=None,

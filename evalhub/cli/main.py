@@ -63,8 +63,18 @@ def serve(
             highlight=False,
             soft_wrap=True,
         )
+    platform.serve_registry_models_at(f"http://{_reachable(host)}:{port}/v1")
     app_ = create_app(platform=platform, run_worker=settings.run_worker, supervise=True)
     uvicorn.run(app_, host=host, port=port, log_level="info", access_log=access_log)
+
+
+def _reachable(host: str) -> str:
+    """The address this machine's own clients use for a server listening on `host`."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 @app.command()

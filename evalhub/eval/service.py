@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from evalhub.eval.compare import Comparison, compare_runs
 from evalhub.eval.record import EvalRun, GenerationRecord
@@ -240,9 +240,10 @@ def resolve_target(platform: Platform, spec: TargetSpec) -> ResolvedTarget:
     serving_url = platform.settings.serving_url
     if not serving_url:
         raise invalid(
-            f"{spec.model} is {version.ref}, but no endpoint serves registry models yet: pass "
-            "--endpoint URL (and --model as the model name at that endpoint), or set "
-            "EVALHUB_SERVING_URL on the server"
+            f"{spec.model} is {version.ref}, but nothing here serves registry models: run the "
+            "eval against a server (`evalhub serve`, EVALHUB_URL), whose gateway serves them, "
+            "or pass --endpoint URL (and --model as the model name at that endpoint), or set "
+            "EVALHUB_SERVING_URL"
         )
     # An adapter's answers depend on its base's weights too.
     identity = version.digest + (f"+{version.base_digest}" if version.base_digest else "")
@@ -404,10 +405,13 @@ class EvalService:
         if done:
             context.event(f"resuming: {len(done)} generation(s) already stored")
         sink = _DatabaseSink(self.store, context, suite)
+        # A registry model is served by the gateway, which wants the platform's serving key.
+        key = self.platform.serving_key if row.model_version is not None else None
         target = Target(
             base_url=row.base_url or "",
             model=row.endpoint_model,
             cache_identity=row.cache_identity,
+            api_key=SecretStr(key or "EMPTY"),
         )
         run = run_suite(
             suite,

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from sqlalchemy import event
 
 from evalhub.platform import Platform
 from evalhub.serving.adapters import (
@@ -99,6 +100,7 @@ class _TTLCache:
         self.seconds = seconds
         self._items: dict[Any, tuple[float, Any]] = {}
         self._loading: dict[Any, asyncio.Future[Any]] = {}
+        self._generation = 0
 
     async def get(self, key: Any, load: Callable[[], Any]) -> Any:
         hit = self._items.get(key)
@@ -112,14 +114,17 @@ class _TTLCache:
         return await asyncio.shield(pending)
 
     async def _load(self, key: Any, load: Callable[[], Any]) -> Any:
+        generation = self._generation
         try:
             value = await asyncio.to_thread(load)
-            self._items[key] = (time.monotonic(), value)
+            if generation == self._generation:  # a load that began before a clear is stale
+                self._items[key] = (time.monotonic(), value)
             return value
         finally:
             self._loading.pop(key, None)
 
     def clear(self) -> None:
+        self._generation += 1
         self._items.clear()
 
 
@@ -143,6 +148,9 @@ class Gateway:
         self._cache = _TTLCache(CACHE_SECONDS)
         self._rng = random.Random()
         self._sweeper: asyncio.Task[None] | None = None
+        # Alias moves and deployment changes made through this server reach traffic at once;
+        # those made elsewhere within the cache's half second.
+        platform.registry.add_listener(self._forget_routes)
         self.requests = Counter(
             "evalhub_gateway_requests_total",
             "Gateway requests by deployment, arm and HTTP status.",
@@ -292,6 +300,15 @@ class Gateway:
         base_dir = self.platform.registry.artifacts.materialize(version.digest)
         out = self.platform.settings.home / "identity" / version.digest.removeprefix("sha256:")
         return identity_adapter(base_dir, out, version.ref)
+
+    def _forget_routes(self, session: Any, mutation: Any) -> None:
+        # After the commit: a refresh that ran before it would read, and cache, the old state.
+        if mutation.action.startswith(("alias.", "version.", "model.")):
+            event.listen(session, "after_commit", lambda _s: self.forget_routes(), once=True)
+
+    def forget_routes(self) -> None:
+        """Drops cached routing (deployments, resolutions, backends) after a change here."""
+        self._cache.clear()
 
     # -- requests ----------------------------------------------------------------------------
 

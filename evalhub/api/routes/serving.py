@@ -25,6 +25,12 @@ def backends(request: Request) -> BackendService:
     return request.app.state.backends
 
 
+def changed(request: Request, deployment: Deployment) -> Deployment:
+    """The gateway routes by the new arms from the next request on."""
+    request.app.state.gateway.forget_routes()
+    return deployment
+
+
 @router.post("/backends", status_code=201, tags=["backends"])
 def create_backend(body: BackendCreate, request: Request, principal: Editor) -> Backend:
     """Start and supervise a backend process (managed) or attach to a running server by URL."""
@@ -55,9 +61,9 @@ def delete_backend(name: str, request: Request, principal: Editor) -> Response:
 
 @router.post("/deployments", status_code=201, tags=["deployments"])
 def create_deployment(
-    body: DeploymentCreate, platform: PlatformDep, principal: Editor
+    body: DeploymentCreate, request: Request, platform: PlatformDep, principal: Editor
 ) -> Deployment:
-    return DeploymentService(platform).create(body, actor=principal.name)
+    return changed(request, DeploymentService(platform).create(body, actor=principal.name))
 
 
 @router.get("/deployments", tags=["deployments"])
@@ -72,29 +78,34 @@ def get_deployment(name: str, platform: PlatformDep, _: Viewer) -> Deployment:
 
 @router.patch("/deployments/{name}", tags=["deployments"])
 def update_deployment(
-    name: str, body: DeploymentUpdate, platform: PlatformDep, principal: Editor
+    name: str, body: DeploymentUpdate, request: Request, platform: PlatformDep, principal: Editor
 ) -> Deployment:
-    return DeploymentService(platform).update(name, body, actor=principal.name)
+    return changed(request, DeploymentService(platform).update(name, body, actor=principal.name))
 
 
 @router.delete("/deployments/{name}", status_code=204, tags=["deployments"])
-def delete_deployment(name: str, platform: PlatformDep, principal: Editor) -> Response:
+def delete_deployment(
+    name: str, request: Request, platform: PlatformDep, principal: Editor
+) -> Response:
     DeploymentService(platform).delete(name, actor=principal.name)
+    request.app.state.gateway.forget_routes()
     return Response(status_code=204)
 
 
 @router.post("/deployments/{name}/rollout", tags=["deployments"])
 def rollout_deployment(
-    name: str, body: RolloutAction, platform: PlatformDep, principal: Editor
+    name: str, body: RolloutAction, request: Request, platform: PlatformDep, principal: Editor
 ) -> Deployment:
     """Start a rollout with steps, step to the next weight, pause, resume, or abort."""
-    return DeploymentService(platform).rollout(name, body, actor=principal.name)
+    return changed(request, DeploymentService(platform).rollout(name, body, actor=principal.name))
 
 
 @router.post("/deployments/{name}/rollback", tags=["deployments"])
-def rollback_deployment(name: str, platform: PlatformDep, principal: Editor) -> Deployment:
+def rollback_deployment(
+    name: str, request: Request, platform: PlatformDep, principal: Editor
+) -> Deployment:
     """Restore the arms and weights the deployment had before its last change."""
-    return DeploymentService(platform).rollback(name, actor=principal.name)
+    return changed(request, DeploymentService(platform).rollback(name, actor=principal.name))
 
 
 @router.get("/traffic", tags=["traffic"])
