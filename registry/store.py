@@ -93,6 +93,12 @@ class RegistryStore:
         self.engine = engine
         self.artifacts = artifacts
         self._writer = writer(engine)
+        # The hot reads need no transaction: on PostgreSQL, autocommit saves BEGIN and ROLLBACK.
+        self._reader = (
+            engine
+            if engine.dialect.name == "sqlite"
+            else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._listeners = list(listeners)
 
     # -- sessions -------------------------------------------------------------------------------
@@ -467,7 +473,7 @@ class RegistryStore:
     def resolve(self, ref: str | Ref) -> ModelVersion:
         """`name` is the latest ready version, `name/3` version 3, `name@alias` the alias target."""
         parsed = parse_ref(ref) if isinstance(ref, str) else ref
-        with self.engine.connect() as connection:
+        with self._reader.connect() as connection:
             if parsed.version is not None:
                 found = load_version(
                     connection, queries.BY_NUMBER, name=parsed.name, version=parsed.version
