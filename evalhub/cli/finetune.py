@@ -18,6 +18,7 @@ import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from evalhub.cli.output import api_errors, console, errors, fail, fields, print_json, table
 from evalhub.cli.registry import models_app, register_directory
@@ -281,6 +282,70 @@ def jobs_events(
         return
     rows = [{**event, "created_at": _human_time(event["created_at"])} for event in events]
     table(rows, ["created_at", "level", "type", "message"], f"events of {job_id}")
+
+
+@jobs_app.command("metrics")
+def jobs_metrics(job_id: str, as_json: JsonFlag = False) -> None:
+    """A job's metric series: loss, validation loss, learning rate, tokens/s, peak memory."""
+    with connected(Settings()) as client:
+        run = client.get(f"/finetune/runs/{job_id}/metrics")
+    if as_json:
+        print_json(run)
+        return
+    columns = ["step", "train_loss", "valid_loss", "learning_rate", "tokens_per_second"]
+    rows = [
+        {**{key: _text(point[key]) for key in columns},
+         "peak_memory": _bytes(point["peak_memory_bytes"])
+         if point["peak_memory_bytes"] is not None else None}
+        for point in run["series"]
+    ]  # fmt: skip
+    table(rows, [*columns, "peak_memory"], f"{job_id} ({run['status']})")
+    fields({key: _text(value) for key, value in run["final"].items()})
+
+
+@finetune_app.command("compare")
+def compare(
+    job_ids: Annotated[list[str], typer.Argument(help="Two or more fine-tuning job ids")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Runs side by side: parameters (those that differ marked *) and results."""
+    with connected(Settings()) as client:
+        comparison = client.get("/finetune/runs/compare", job=job_ids)
+    if as_json:
+        print_json(comparison)
+        return
+    runs = comparison["runs"]
+    differing = set(comparison["differing_params"])
+    view = Table(title="fine-tuning runs")
+    view.add_column("")
+    for run in runs:
+        view.add_column(run["job_id"])
+    keys = list(dict.fromkeys(key for run in runs for key in run["params"]))
+    for key in keys:
+        label = f"[bold]{key} *[/]" if key in differing else key
+        view.add_row(label, *(_text(run["params"].get(key)) for run in runs))
+    view.add_section()
+    for key in ("status", "registered_version", "seconds"):
+        view.add_row(key, *(_text(run[key]) for run in runs))
+    finals = list(dict.fromkeys(key for run in runs for key in run["final"]))
+    for key in finals:
+        view.add_row(key, *(_text(run["final"].get(key)) for run in runs))
+    view.add_row("best_valid_loss", *(_text(run["best_valid_loss"]) for run in runs))
+    view.add_row("mean_tokens_per_second", *(_text(run["mean_tokens_per_second"]) for run in runs))
+    view.add_row(
+        "peak_memory",
+        *(_bytes(run["peak_memory_bytes"]) if run["peak_memory_bytes"] is not None else ""
+          for run in runs),
+    )  # fmt: skip
+    console.print(view)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 # -- validate and estimate ---------------------------------------------------------------------

@@ -60,7 +60,26 @@ def test_create_tiny_validate_estimate_run_and_inspect(cli, tmp_path: Path) -> N
     assert "Step 4/4: training loss=" in cli("finetune", "jobs", "events", job_id)
     assert "already succeeded" in cli("finetune", "jobs", "cancel", job_id, code=1)
 
+    # Each job is an experiment run: its metric series, and a side-by-side with another run.
+    metrics = json.loads(cli("finetune", "jobs", "metrics", job_id, "--json"))
+    assert [point["step"] for point in metrics["series"]] == [1, 2, 3, 4]
+    assert all(
+        point["train_loss"] > 0 and point["learning_rate"] >= 0 for point in metrics["series"]
+    )
+    assert metrics["params"]["lora.rank"] == 4 and metrics["final"]["steps"] == 4
+    assert "train_loss" in cli("finetune", "jobs", "metrics", job_id)
+    config.write_text(config.read_text().replace("rank: 4", "rank: 8"))
+    other = cli("finetune", "run", str(config)).split("created ")[1].split()[0]
+    compared = json.loads(cli("finetune", "compare", job_id, other, "--json"))
+    assert compared["differing_params"] == ["lora.rank"]
+    assert [run["params"]["lora.rank"] for run in compared["runs"]] == [4, 8]
+    assert [run["registered_version"] for run in compared["runs"]] == ["tiny-cli/1", "tiny-cli/2"]
+    table = cli("finetune", "compare", job_id, other)
+    assert "lora.rank *" in table and "train_loss" in table
+    assert "compare 2 to 10" in cli("finetune", "compare", job_id, code=1)
+    assert "no fine-tuning job" in cli("finetune", "compare", job_id, "ftjob-nope", code=1)
+
     config.write_text(config.read_text().replace("train.jsonl", "bad.jsonl"))
     out = cli("finetune", "run", str(config), code=1)
     assert "line 3: example_missing_assistant_message" in out
-    assert len(json.loads(cli("finetune", "jobs", "list", "--json"))) == 1
+    assert len(json.loads(cli("finetune", "jobs", "list", "--json"))) == 2

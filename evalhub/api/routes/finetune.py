@@ -1,4 +1,4 @@
-"""evalhub's fine-tuning helpers that need the server's copy of a model: estimate and validate.
+"""evalhub's fine-tuning helpers: estimate, validate, and jobs read as experiment runs.
 
 The OpenAI-compatible jobs and files API lives under /v1 (evalhub.api.openai).
 """
@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from pydantic import BaseModel, Field
 
 from evalhub.api.deps import PlatformDep, Viewer
 from evalhub.api.routes.uploads import uploaded_file
 from evalhub.finetune.data import ValidationReport, validate_chat_file
 from evalhub.finetune.estimate import estimate
+from evalhub.finetune.runs import RunComparison, RunMetrics, compare_runs, run_metrics
 from evalhub.finetune.service import _tokenizer, context_length, resolve_base
 from registry.errors import invalid
 
@@ -77,3 +78,19 @@ def validate_file(
         except UnicodeDecodeError:
             raise invalid(f"{file.filename} is not UTF-8 text (JSONL)") from None
     return report.model_copy(update={"path": file.filename or "upload"})
+
+
+@router.get("/runs/compare")
+def compare_fine_tuning_runs(
+    platform: PlatformDep,
+    _: Viewer,
+    job: Annotated[list[str], Query(description="Two or more fine-tuning job ids")],
+) -> RunComparison:
+    """Runs side by side: their parameters (and which differ), final and summary metrics."""
+    return compare_runs(platform, job)
+
+
+@router.get("/runs/{job_id}/metrics")
+def get_fine_tuning_run_metrics(job_id: str, platform: PlatformDep, _: Viewer) -> RunMetrics:
+    """A job's parameters and metric series (loss, validation loss, learning rate, speed, memory)."""
+    return run_metrics(platform, job_id)
