@@ -387,6 +387,8 @@ def eval_compare(
     ]
     columns = ["metric", "baseline", "candidate", "change", "95% CI", "p", "W/T/L"]
     table(rows, columns, f"{comparison['shared_cases']} shared cases")
+    for note in comparison["notes"]:
+        console.print(f"note: {note}", highlight=False)
     for warning in comparison["warnings"]:
         console.print(f"warning: {warning}", highlight=False)
 

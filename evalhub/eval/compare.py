@@ -72,6 +72,11 @@ class Comparison(BaseModel):
     slices: dict[str, SliceComparison] = Field(default_factory=dict)
     regressions: list[CaseDelta] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(
+        default_factory=list,
+        description="Where a run's own aggregate (corpus BLEU, latency p50) is not the per-case "
+        "mean that the paired statistics compare",
+    )
 
 
 def compare_metric(
@@ -140,6 +145,24 @@ def _paired(
     )
 
 
+def _aggregate_note(
+    name: str, compared: MetricComparison, baseline: EvalRun, candidate: EvalRun
+) -> str | None:
+    """Says so when a metric's headline value is not the mean of its per-case scores."""
+    pairs = [
+        (baseline.metrics[name].aggregate.value, compared.baseline_mean),
+        (candidate.metrics[name].aggregate.value, compared.candidate_mean),
+    ]
+    if any(own is None or mean is None for own, mean in pairs):
+        return None
+    if all(abs(own - mean) <= 1e-9 * max(1.0, abs(own)) for own, mean in pairs):  # type: ignore[operator]
+        return None
+    return (
+        f"{name}: compared as the mean of per-case scores; the runs' own {name} values are "
+        f"{pairs[0][0]:.4g} (baseline) and {pairs[1][0]:.4g} (candidate)"
+    )
+
+
 def compare_runs(
     baseline: EvalRun,
     candidate: EvalRun,
@@ -181,7 +204,10 @@ def compare_runs(
             "seed": seed,
         }
         ids, base, cand = _paired(baseline, candidate, name, shared)
-        comparison.metrics[name] = compare_metric(name, base, cand, **options)
+        compared = comparison.metrics[name] = compare_metric(name, base, cand, **options)
+        note = _aggregate_note(name, compared, baseline, candidate)
+        if note:
+            comparison.notes.append(note)
         if summary.scale is None:
             continue  # latency and cost: not per-case quality, no regressed cases to show
         change = (cand - base) if summary.higher_is_better else (base - cand)

@@ -108,6 +108,7 @@ def markdown_summary(result: GateResult) -> str:
             problems = [kind for (metric_name, kind) in failed if metric_name == name]
             status = "FAIL: " + ", ".join(sorted(problems)) if problems else "pass"
             lines.append(_row(name, metric, status))
+        lines += [f"- {note}" for note in comparison.notes]
         lines += [f"- {warning}" for warning in comparison.warnings]
         lines.append("")
         if comparison.regressions:

@@ -68,9 +68,17 @@ def test_eval_run_show_compare_in_process(tmp_path: Path, start_scripted_server)
     assert shown["status"] == "completed" and shown["case_count"] == N_CASES
     assert shown["cache_identity"] == f"{scripted.base_url}#base-model"
     compared = evalhub(env, "eval", "compare", run["run_id"], second_id, "--json")
-    assert json.loads(compared.stdout)["metrics"]["exact_match"]["difference"] == 0
+    comparison = json.loads(compared.stdout)
+    assert comparison["metrics"]["exact_match"]["difference"] == 0
+    # chrf's headline is corpus-level, not the per-case mean the statistics pair: it says so.
+    corpus_chrf = run["metrics"]["chrf"]["aggregate"]["value"]
+    assert comparison["metrics"]["chrf"]["baseline_mean"] != pytest.approx(corpus_chrf)
+    [chrf_note] = [note for note in comparison["notes"] if note.startswith("chrf:")]
+    assert f"{corpus_chrf:.4g} (baseline)" in chrf_note
+    assert not any(note.startswith("exact_match:") for note in comparison["notes"])
     table = evalhub(env, "eval", "compare", run["run_id"], second_id).stdout
     assert "exact_match" in table and "16 shared cases" in table
+    assert "note: chrf: compared as the mean of per-case scores" in table
 
     # The key went to the endpoint only: nothing on disk holds it.
     for path in (tmp_path / "home").rglob("*"):
