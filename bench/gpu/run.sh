@@ -9,7 +9,7 @@
 #
 # The H200 image has torch, transformers, peft and accelerate but not pydantic (evalhub needs it),
 # bitsandbytes or vLLM, and no network. Once, on the development machine:
-#   bash bench/gpu/wheels.sh          # bench/gpu/wheels/: pydantic and its needs, about 3 MB
+#   bash bench/gpu/wheels.sh   # bench/gpu/wheels/: pydantic, bitsandbytes, galore-torch (~46 MB)
 # then with the device tool:
 #   run   command: bash bench/gpu/run.sh   carry: ["bench/gpu/wheels"]   timeout_s: 540
 # $OUT comes back with summary.txt, parts.tsv, run.log, env.json, finetune.json, serving.json.
