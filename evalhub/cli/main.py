@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Annotated
 
 import typer
@@ -65,6 +66,10 @@ def serve(
         )
     platform.serve_registry_models_at(f"http://{_reachable(host)}:{port}/v1")
     app_ = create_app(platform=platform, run_worker=settings.run_worker, supervise=True)
+    # What start-up built lives as long as the server: keep it out of every later collection,
+    # which would otherwise walk it and stall requests in flight.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(app_, host=host, port=port, log_level="info", access_log=access_log)
 
 
