@@ -34,8 +34,11 @@ unit: install vllm
 
 test: lint unit
 
-bench: install
-	$(PY) bench/registry.py
+# Every CPU benchmark; each prints a table and writes bench/results/NAME.json.
+bench: install vllm
+	for name in registry gateway hotswap eval_metrics finetune_cpu; do \
+		$(PY) bench/$$name.py || exit 1; \
+	done
 
 clean:
 	rm -rf .demo .pytest_cache .ruff_cache bench/results
