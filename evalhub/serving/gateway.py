@@ -140,7 +140,9 @@ class Gateway:
         self.platform = platform
         self.backends = backends
         self.deployments = DeploymentService(platform)
-        self.traffic = TrafficLog(platform.engine)
+        self.traffic = TrafficLog(
+            platform.engine, spill=platform.settings.home / "traffic-spill.jsonl"
+        )
         self.adapter_idle_seconds = adapter_idle_seconds
         self._session: aiohttp.ClientSession | None = None
         self._adapters: dict[str, AdapterSet] = {}

@@ -2,20 +2,25 @@
 
 `record` only enqueues; a writer thread inserts batches in one transaction each. `flush` waits
 until everything recorded so far is committed, and `close` flushes before it returns, so the
-server's shutdown loses nothing it accepted.
+server's shutdown loses nothing it accepted, not even while the database is down.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import Engine, insert
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from evalhub.serving.tables import TrafficRow
@@ -50,14 +55,35 @@ class TrafficRecord(BaseModel):
 
 
 class TrafficLog:
-    def __init__(self, engine: Engine, *, batch_size: int = 200, interval: float = 0.2) -> None:
+    """A writer thread that inserts what `record` enqueues, in batches, and never drops a record.
+
+    While the database is unreachable it keeps the records and retries; if it is still down when
+    the server shuts down, they go to the `spill` file (JSON lines), which the next TrafficLog on
+    the same file writes first.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        spill: Path | None = None,
+        batch_size: int = 200,
+        interval: float = 0.2,
+        max_backoff: float = 5.0,
+    ) -> None:
         self.engine = engine
+        self.spill = spill
         self.batch_size = batch_size
         self.interval = interval
+        self.max_backoff = max_backoff
+        self.written = 0
+        self.spilled = 0
+        self._stopping = threading.Event()
         self._queue: queue.Queue[Any] = queue.Queue()
+        for row in self._take_spill():
+            self._queue.put(row)
         self._thread = threading.Thread(target=self._run, name="traffic-log", daemon=True)
         self._thread.start()
-        self.written = 0
 
     def record(self, row: dict[str, Any]) -> None:
         self._queue.put(row)
@@ -68,8 +94,9 @@ class TrafficLog:
         done.wait(timeout)
 
     def close(self) -> None:
+        self._stopping.set()
         self._queue.put(_STOP)
-        self._thread.join(60)
+        self._thread.join(120)
 
     def _run(self) -> None:
         while True:
@@ -89,30 +116,78 @@ class TrafficLog:
                     waiters.append(item)
                     break
                 batch.append(item)
+            if stop:  # and whatever arrived before the stop
+                while not self._queue.empty():
+                    item = self._queue.get()
+                    if isinstance(item, dict):
+                        batch.append(item)
+                    elif isinstance(item, threading.Event):
+                        waiters.append(item)
             if batch:
                 self._write(batch)
             for waiter in waiters:
                 waiter.set()
             if stop:
-                while not self._queue.empty():  # whatever arrived before the stop
-                    item = self._queue.get()
-                    if isinstance(item, dict):
-                        self._write([item])
-                    elif isinstance(item, threading.Event):
-                        item.set()
                 return
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
-        for attempt in range(5):
+        attempt = 0
+        while True:
             try:
                 with self.engine.begin() as connection:
-                    connection.execute(insert(TrafficRow), batch)
+                    connection.execute(_insert_new(connection), batch)
                 self.written += len(batch)
                 return
-            except Exception:  # the database may be briefly unavailable; keep the records
-                log.exception("traffic log write failed (attempt %d)", attempt + 1)
-                time.sleep(0.2 * 2**attempt)
-        log.error("dropping %d traffic records after repeated failures", len(batch))
+            except Exception:  # the database may be unreachable for a while; keep the records
+                attempt += 1
+                log.exception("traffic log write of %d records failed (attempt %d)",
+                              len(batch), attempt)  # fmt: skip
+                if self._stopping.is_set() and attempt >= 3 and self._save_spill(batch):
+                    return
+                time.sleep(min(self.max_backoff, 0.1 * 2**attempt))
+
+    def _save_spill(self, batch: list[dict[str, Any]]) -> bool:
+        if self.spill is None:
+            return False
+        self.spill.parent.mkdir(parents=True, exist_ok=True)
+        with self.spill.open("a", encoding="utf-8") as handle:
+            for row in batch:
+                handle.write(json.dumps(row, default=_iso) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.spilled += len(batch)
+        log.error("database unreachable at shutdown: %d traffic records kept in %s",
+                  len(batch), self.spill)  # fmt: skip
+        return True
+
+    def _take_spill(self) -> list[dict[str, Any]]:
+        if self.spill is None or not self.spill.exists():
+            return []
+        rows = []
+        for line in self.spill.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                row["created_at"] = datetime.fromisoformat(row["created_at"])
+                rows.append(row)
+        self.spill.unlink()
+        log.warning("writing %d traffic records kept from an earlier shutdown", len(rows))
+        return rows
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _insert_new(connection: Any) -> Any:
+    """An INSERT that skips ids already stored: a replayed record is written once."""
+    table = TrafficRow.__table__  # type: ignore[attr-defined]
+    if connection.dialect.name == "postgresql":
+        return postgresql_insert(table).on_conflict_do_nothing(index_elements=["id"])
+    if connection.dialect.name == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=["id"])
+    return insert(table)
 
 
 def search_traffic(
