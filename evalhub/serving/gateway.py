@@ -38,6 +38,7 @@ from evalhub.serving.routing import pick_arm
 from evalhub.serving.traffic import TrafficLog
 from registry.entities import ModelKind, ModelVersion
 from registry.errors import RegistryError
+from registry.names import parse_ref
 from registry.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class Gateway:
         self._cache = _TTLCache(CACHE_SECONDS)
         self._rng = random.Random()
         self._sweeper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Alias moves and deployment changes made through this server reach traffic at once;
         # those made elsewhere within the cache's half second.
         platform.registry.add_listener(self._forget_routes)
@@ -176,6 +178,7 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         timeout = aiohttp.ClientTimeout(total=self.platform.settings.gateway_timeout)
         connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
@@ -305,12 +308,43 @@ class Gateway:
 
     def _forget_routes(self, session: Any, mutation: Any) -> None:
         # After the commit: a refresh that ran before it would read, and cache, the old state.
-        if mutation.action.startswith(("alias.", "version.", "model.")):
-            event.listen(session, "after_commit", lambda _s: self.forget_routes(), once=True)
+        if not mutation.action.startswith(("alias.", "version.", "model.")):
+            return
+        moved = mutation.action.startswith("alias.") and mutation.after is not None
+        model = mutation.resource.split("/")[1]
+
+        def committed(_session: Any) -> None:
+            self.forget_routes()
+            if moved:
+                self.preload_soon(model)
+
+        event.listen(session, "after_commit", committed, once=True)
 
     def forget_routes(self) -> None:
         """Drops cached routing (deployments, resolutions, backends) after a change here."""
         self._cache.clear()
+
+    def preload_soon(self, model: str | None = None) -> None:
+        """Starts `preload` on the server's event loop, from whatever thread made the change."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self.preload(model), loop)
+
+    async def preload(self, model: str | None = None) -> None:
+        """Loads what the deployments' arms (those following `model`) resolve to now.
+
+        After an alias moves, the new version is loaded into the backends before traffic asks for
+        it, so no request waits for the load; the old one is unloaded once idle (`_sweep`).
+        """
+        deployments = await asyncio.to_thread(self.deployments.list)
+        for deployment in deployments:
+            for arm in deployment.arms:
+                if model is not None and _model_name(arm.model) not in (model, None):
+                    continue
+                try:
+                    await self.served_name(await self.route(deployment.name, None, arm=arm.name))
+                except Exception as error:  # the request path reports it; this only warms up
+                    log.warning("preloading %s arm %s: %s", deployment.name, arm.name, error)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -673,3 +707,11 @@ def _delta_text(chunk: dict[str, Any]) -> str:
     if isinstance(delta, dict):
         return delta.get("content") or ""
     return choice.get("text") or ""
+
+
+def _model_name(ref: str) -> str | None:
+    """The registered model a reference names; None for what only resolves later (`ft:` ids)."""
+    try:
+        return parse_ref(ref).name
+    except RegistryError:
+        return None

@@ -430,3 +430,36 @@ def test_a_registry_reference_is_evaluated_through_the_servers_own_gateway(
     assert [(r["model"], r["version"], r["status"]) for r in records] == [
         ("bot/2", "bot/2", 200)
     ] * 4
+
+
+def test_moving_an_alias_loads_the_new_version_before_traffic_asks(
+    served: Served, models: Models
+) -> None:
+    served.api.post("/models", {"name": "warmed", "kind": "adapter"})
+    register_directory(served.api, models.alpha, "warmed", base="tiny/1")
+    register_directory(served.api, models.outside, "warmed", base="tiny/1")
+    served.api.put("/models/warmed/aliases/live", {"version": 1})
+    served.api.post(
+        "/deployments",
+        {"name": "warmed-bot", "backend": "cpu-1",
+         "arms": [{"name": "main", "model": "warmed@live", "weight": 100}]},
+    )  # fmt: skip
+
+    def loaded() -> list[str]:
+        options = served.api.get("/backends/cpu-1")["options"]
+        return [name for name in options["loaded_adapters"] if name.startswith("warmed-")]
+
+    deadline = time.monotonic() + 30  # creating the deployment warms its arms up too
+    while not any(name.startswith("warmed-v1-") for name in loaded()):
+        assert time.monotonic() < deadline, loaded()
+        time.sleep(0.2)
+    assert chat(served.openai(), "warmed-bot").headers["x-evalhub-model-version"] == "warmed/1"
+    assert not any(name.startswith("warmed-v2-") for name in loaded())
+
+    # No request asks for warmed/2: the move alone loads it into the backend.
+    served.api.put("/models/warmed/aliases/live", {"version": 2, "reason": "warm it"})
+    deadline = time.monotonic() + 30
+    while not any(name.startswith("warmed-v2-") for name in loaded()):
+        assert time.monotonic() < deadline, loaded()
+        time.sleep(0.2)
+    assert chat(served.openai(), "warmed-bot").headers["x-evalhub-model-version"] == "warmed/2"

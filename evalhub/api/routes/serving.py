@@ -26,8 +26,10 @@ def backends(request: Request) -> BackendService:
 
 
 def changed(request: Request, deployment: Deployment) -> Deployment:
-    """The gateway routes by the new arms from the next request on."""
-    request.app.state.gateway.forget_routes()
+    """The gateway routes by the new arms from the next request on, their adapters loaded."""
+    gateway = request.app.state.gateway
+    gateway.forget_routes()
+    gateway.preload_soon()
     return deployment
 
 
