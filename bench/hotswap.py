@@ -20,10 +20,8 @@ import argparse
 import json
 import math
 import os
-import re
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -145,43 +143,14 @@ class Served:
 
 @contextmanager
 def evalhub_serve(home: Path, env: dict[str, str]) -> Iterator[Served]:
-    """`evalhub serve` on a free port and a fresh home, as tests/serving/test_gateway.py runs it."""
+    """`evalhub serve` on a free port and a fresh home, as the tests run it."""
+    from evalhub.child_server import child_server
     from evalhub.client import Client
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "EVALHUB_HOME": str(home), **env}
-    for key in ("EVALHUB_URL", "EVALHUB_TOKEN", "EVALHUB_DATABASE_URL", "EVALHUB_ADMIN_TOKEN"):
-        env.pop(key, None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "evalhub", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    log: deque[str] = deque(maxlen=40)
-    try:
-        assert process.stdout is not None
-        token, line = None, ""
-        while token is None or "startup complete" not in line:
-            line = process.stdout.readline()
-            log.append(line)
-            if not line and process.poll() is not None:
-                raise RuntimeError("evalhub serve exited:\n" + "".join(log))
-            found = re.search(r"(ehk_[A-Za-z0-9_-]+)", line)
-            token = token or (found.group(1) if found else None)
-        # Keep the pipe drained (a full pipe would block the server) and the tail for errors.
-        threading.Thread(target=lambda: log.extend(process.stdout or ()), daemon=True).start()
-        headers = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=600
-        ) as http:
-            yield Served(http=http, api=Client(http), log=log)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    with child_server(home, env) as server:
+        headers = {"Authorization": f"Bearer {server.token}"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=600) as http:
+            yield Served(http=http, api=Client(http), log=server.output)
 
 
 def first_response_from(http: httpx.Client, ref: str, timeout: float = 300) -> tuple[int, int]:

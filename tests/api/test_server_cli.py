@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from evalhub.child_server import child_server
 
 
 class Server:
@@ -46,41 +39,11 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path: Path, database_url: str) -> Iterator[Server]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "EVALHUB_HOME": str(tmp_path / "home"),
-        "EVALHUB_DATABASE_URL": database_url,
-        "COLUMNS": "200",
-    }
-    env.pop("EVALHUB_ADMIN_TOKEN", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "evalhub", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    token = None
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line and process.poll() is not None:
-                raise AssertionError("server exited before it was ready")
-            found = re.search(r"(ehk_[A-Za-z0-9_-]+)", line)
-            if found and token is None:
-                token = found.group(1)
-            if "Uvicorn running" in line or "Application startup complete" in line:
-                break
-        assert token, "serve printed no admin token on a fresh home"
-        assert httpx.get(f"{url}/readyz").json()["status"] == "ok"
-        yield Server(url, token, env)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    env = {"EVALHUB_DATABASE_URL": database_url, "COLUMNS": "200"}
+    with child_server(tmp_path / "home", env) as child:
+        assert child.token, "serve printed no admin token on a fresh home"
+        assert httpx.get(f"{child.url}/readyz").json()["status"] == "ok"
+        yield Server(child.url, child.token, child.env)
 
 
 def test_readme_flow_through_cli_and_server(server: Server, model_dirs, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tests.api.test_server_cli import free_port
+from evalhub.child_server import child_server
 from tests.eval.conftest import ScriptedServer
 from tests.eval.scripted_capitals import N_CASES, SUITE, scripted_capitals
 
@@ -145,33 +144,10 @@ def server(
 ) -> Iterator[tuple[dict[str, str], ScriptedServer]]:
     """`evalhub serve` whose registry models are served by the scripted server."""
     scripted = start_scripted_server(ScriptedServer(scripted_capitals))
-    port = free_port()
     env = cli_env(tmp_path / "home", EVALHUB_SERVING_URL=scripted.base_url)
-    env.pop("EVALHUB_ADMIN_TOKEN", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "evalhub", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    token = None
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line and process.poll() is not None:
-                raise AssertionError("server exited before it was ready")
-            found = re.search(r"(ehk_[A-Za-z0-9_-]+)", line)
-            token = token or (found.group(1) if found else None)
-            if "Application startup complete" in line:
-                break
-        assert token
-        yield {**env, "EVALHUB_URL": f"http://127.0.0.1:{port}", "EVALHUB_TOKEN": token}, scripted
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with child_server(tmp_path / "home", env) as child:
+        assert child.token, child.tail()
+        yield {**child.env, "EVALHUB_URL": child.url, "EVALHUB_TOKEN": child.token}, scripted
 
 
 def test_eval_run_of_a_registry_model_runs_as_a_server_job(server, tmp_path: Path) -> None:

@@ -6,9 +6,6 @@ and held-out exact match; cancel; refusals in OpenAI's error format that create 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +16,12 @@ import openai
 import pytest
 
 from evalhub.auth.tokens import create_token
+from evalhub.child_server import child_server
 from evalhub.finetune.generation import evaluate_exact_match
 from evalhub.finetune.service import resolve_fine_tuned_model
 from evalhub.finetune.tasks import upper_case_task, write_jsonl
 from evalhub.platform import Platform
 from evalhub.settings import Settings
-from tests.api.test_server_cli import free_port
 from tests.finetune.conftest import register_tiny_base
 
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -52,31 +49,9 @@ def served(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         for role in ("viewer", "editor")
     }
     platform.close()
-    port = free_port()
-    env = {**os.environ, "EVALHUB_HOME": str(settings.home), "OMP_NUM_THREADS": "1"}
-    env.pop("EVALHUB_DATABASE_URL", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "evalhub", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line and process.poll() is not None:
-                raise AssertionError("server exited before it was ready")
-            if "Application startup complete" in line:
-                break
-        assert httpx.get(f"{url}/readyz").json()["status"] == "ok"
-        yield Served(url, tokens, settings)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with child_server(settings.home) as child:
+        assert httpx.get(f"{child.url}/readyz").json()["status"] == "ok"
+        yield Served(child.url, tokens, settings)
 
 
 def wait_for(client: openai.OpenAI, job_id: str, until: set[str], timeout: float = 120) -> Any:

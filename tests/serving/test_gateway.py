@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import httpx
 import openai
 import pytest
 
+from evalhub.child_server import child_server, free_port
 from evalhub.cli.registry import register_directory
 from evalhub.client import Client
 from tests.serving.conftest import Models
@@ -40,55 +40,23 @@ class Served:
         )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(models: Models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    home = tmp_path_factory.mktemp("gateway-home")
-    port = _free_port()
-    env = {**os.environ, "EVALHUB_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    for key in ("EVALHUB_URL", "EVALHUB_TOKEN", "EVALHUB_DATABASE_URL", "EVALHUB_ADMIN_TOKEN"):
-        env.pop(key, None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "evalhub", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert process.stdout is not None
-        token, line = None, ""
-        while token is None or "startup complete" not in line:
-            line = process.stdout.readline()
-            if not line and process.poll() is not None:
-                raise AssertionError("evalhub serve exited")
-            found = re.search(r"(ehk_[A-Za-z0-9_-]+)", line)
-            token = token or (found.group(1) if found else None)
-        threading.Thread(target=process.stdout.read, daemon=True).start()  # keep the pipe drained
-        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
-        api = Client(http)
-        api.post("/models", {"name": "tiny", "kind": "base"})
-        register_directory(api, models.base, "tiny")
-        api.post("/models", {"name": "bot", "kind": "adapter"})
-        register_directory(api, models.alpha, "bot", base="tiny/1")
-        register_directory(api, models.beta, "bot", base="tiny/1")
-        api.put("/models/bot/aliases/production", {"version": 1})
-        api.put("/models/bot/aliases/candidate", {"version": 2})
-        backend = api.post("/backends", {"name": "cpu-1", "kind": "local", "base": "tiny/1"})
-        assert backend["status"] == "healthy", backend
-        yield Served(url=url, token=token, api=api)
-        http.close()
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    with child_server(tmp_path_factory.mktemp("gateway-home")) as server:
+        assert server.token, server.tail()
+        headers = {"Authorization": f"Bearer {server.token}"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=120) as http:
+            api = Client(http)
+            api.post("/models", {"name": "tiny", "kind": "base"})
+            register_directory(api, models.base, "tiny")
+            api.post("/models", {"name": "bot", "kind": "adapter"})
+            register_directory(api, models.alpha, "bot", base="tiny/1")
+            register_directory(api, models.beta, "bot", base="tiny/1")
+            api.put("/models/bot/aliases/production", {"version": 1})
+            api.put("/models/bot/aliases/candidate", {"version": 2})
+            backend = api.post("/backends", {"name": "cpu-1", "kind": "local", "base": "tiny/1"})
+            assert backend["status"] == "healthy", backend
+            yield Served(url=server.url, token=server.token, api=api)
 
 
 def chat(client: openai.OpenAI, model: str, user: str | None = None, **kwargs):  # type: ignore[no-untyped-def]
@@ -328,7 +296,7 @@ def test_unavailable_backends_answer_503_and_failover_uses_control(
     served: Served, models: Models, tmp_path: Path
 ) -> None:
     # A server we start and then stop, attached as a backend.
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable, "-m", "evalhub.serving.local_server", "--model", str(models.base),

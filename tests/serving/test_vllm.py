@@ -8,9 +8,6 @@ first test shows that fault on raw vLLM, the next shows evalhub's gateway does n
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+from evalhub.child_server import child_server
 from evalhub.cli.registry import register_directory
 from evalhub.client import Client
 from tests.serving.conftest import save_adapter
@@ -72,67 +70,32 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmStack]:
         name: save_adapter(AutoModelForCausalLM.from_pretrained(base), root / name, seed)
         for seed, name in enumerate(("alpha", "beta", "gamma"), start=1)
     }
-    port = _free_port()
-    env = {
-        **os.environ,
-        "EVALHUB_HOME": str(root / "home"),
-        "EVALHUB_VLLM_PYTHON": str(Path(VLLM_PYTHON).absolute()),
-        "OMP_NUM_THREADS": "1",
-    }
-    for key in ("EVALHUB_URL", "EVALHUB_TOKEN", "EVALHUB_DATABASE_URL", "EVALHUB_ADMIN_TOKEN"):
-        env.pop(key, None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "evalhub", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        token, line = None, ""
-        assert process.stdout is not None
-        while token is None or "startup complete" not in line:
-            line = process.stdout.readline()
-            if not line and process.poll() is not None:
-                raise AssertionError("evalhub serve exited")
-            found = re.search(r"(ehk_[A-Za-z0-9_-]+)", line)
-            token = token or (found.group(1) if found else None)
-        threading.Thread(target=process.stdout.read, daemon=True).start()
-        url = f"http://127.0.0.1:{port}"
-        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=600)
-        api = Client(http)
-        api.post("/models", {"name": "tiny", "kind": "base"})
-        register_directory(api, base, "tiny")
-        api.post("/models", {"name": "bot", "kind": "adapter"})
-        for name in ("alpha", "beta", "gamma"):
-            register_directory(api, adapters[name], "bot", base="tiny/1")
-        backend = api.post(
-            "/backends",
-            {
-                "name": "vllm-cpu",
-                "kind": "vllm",
-                "base": "tiny/1",
-                "options": {
-                    "max_loras": 2,
-                    "max_lora_rank": 8,
-                    "args": ["--dtype", "float32", "--max-model-len", "256"],
+    env = {"EVALHUB_VLLM_PYTHON": str(Path(VLLM_PYTHON).absolute())}
+    with child_server(root / "home", env) as server:
+        assert server.token, server.tail()
+        headers = {"Authorization": f"Bearer {server.token}"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=600) as http:
+            api = Client(http)
+            api.post("/models", {"name": "tiny", "kind": "base"})
+            register_directory(api, base, "tiny")
+            api.post("/models", {"name": "bot", "kind": "adapter"})
+            for name in ("alpha", "beta", "gamma"):
+                register_directory(api, adapters[name], "bot", base="tiny/1")
+            backend = api.post(
+                "/backends",
+                {
+                    "name": "vllm-cpu",
+                    "kind": "vllm",
+                    "base": "tiny/1",
+                    "options": {
+                        "max_loras": 2,
+                        "max_lora_rank": 8,
+                        "args": ["--dtype", "float32", "--max-model-len", "256"],
+                    },
                 },
-            },
-        )
-        assert backend["status"] == "healthy", backend
-        yield VllmStack(url, token, api, backend["urls"][0], adapters)
-        http.close()
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+            )
+            assert backend["status"] == "healthy", backend
+            yield VllmStack(server.url, server.token, api, backend["urls"][0], adapters)
 
 
 def test_vllm_answers_equal_the_local_backend(stack: VllmStack) -> None:
