@@ -1,69 +1,119 @@
-"""`evalhub demo`: the loop on a tiny model, offline, on CPU, through the same API users call.
+"""`evalhub demo`: the whole loop on a tiny model, offline, on CPU, with the commands users type.
 
-Build a base model, register it, fine-tune two LoRA adapters on a task with known answers,
-register them with lineage, measure them on held-out cases, move @production, roll back.
+A real `evalhub serve` runs on a fresh home; every step is an `evalhub` command against it (run in
+this process, printed before its output), plus the stock `openai` client for traffic. Build a base
+model, fine-tune two LoRA adapters as jobs, serve them, evaluate through the gateway, gate the
+candidate against production, split traffic between them, roll out, and roll back a bad push.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
 import shutil
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
-
-from evalhub.client import Client
-from evalhub.settings import Settings
 
 console = Console()
 
-TRAIN_EXAMPLES = 2000
-HELD_OUT_EXAMPLES = 100
+TRAIN_EXAMPLES = 1600
+HELD_OUT_EXAMPLES = 60
+TRAFFIC_USERS = 200
+SUITE = """\
+name: upper
+version: "1"
+dataset: held-out.jsonl
+sampling: {temperature: 0, max_tokens: 24, seed: 0}
+metrics:
+  - name: exact_match
+    threshold: 0.8
+"""
+
+
+class DemoFailed(RuntimeError):
+    """A step of the demo did not do what it should; the message says which."""
 
 
 def _step(number: int, total: int, text: str) -> None:
     console.print(f"\n[bold cyan]{number}/{total}[/] {text}")
 
 
-def _train(
-    base_dir: Path, base_ref: str, out_dir: Path, train: list[dict[str, Any]], steps: int, seed: int
-) -> tuple[Path, dict[str, Any]]:
-    from evalhub.finetune.config import TrainConfig
-    from evalhub.finetune.trainer import Trainer
+def evalhub(*args: str, expect: int = 0) -> None:
+    """Runs one `evalhub` command in this process, as a user would type it against the server."""
+    from evalhub.cli.main import app
 
-    config = TrainConfig(
-        method="lora",
-        method_options={"rank": 16},
-        max_steps=steps,
-        batch_size=16,
-        learning_rate=3e-3,
-        seed=seed,
-    )
-    losses: list[float] = []
+    console.print(f"[dim]$[/] [bold]evalhub {shlex.join(args)}[/]", highlight=False)
+    code = app(list(args), standalone_mode=False, prog_name="evalhub") or 0
+    if code != expect:
+        raise DemoFailed(f"`evalhub {shlex.join(args)}` exited {code}, expected {expect}")
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event.get("type") == "step" and event.get("loss") is not None:
-            losses.append(float(event["loss"]))
 
-    started = time.perf_counter()
-    result = Trainer(config, base_dir, out_dir, on_event=on_event, base_model_ref=base_ref).run(
-        train
-    )
-    hyperparameters = {
-        "method": "lora",
-        "rank": 16,
-        "steps": steps,
-        "batch_size": 16,
-        "learning_rate": 3e-3,
-    }
-    summary = {
-        "hyperparameters": hyperparameters,
-        "seconds": round(time.perf_counter() - started, 1),
-        "final_loss": round(losses[-1], 4) if losses else None,
-    }
-    return Path(result.output_dir), summary
+@contextmanager
+def _server(home: Path) -> Iterator[Any]:
+    """`evalhub serve` on the demo's home; the CLI in this process talks to it."""
+    from evalhub.child_server import child_server
+
+    with child_server(home) as server:
+        if not server.token:
+            raise DemoFailed("evalhub serve printed no admin token:\n" + server.tail())
+        saved = {key: os.environ.get(key) for key in ("EVALHUB_URL", "EVALHUB_TOKEN")}
+        os.environ.update(EVALHUB_URL=server.url, EVALHUB_TOKEN=server.token)
+        try:
+            yield server
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def _write_data(work: Path) -> None:
+    from evalhub.finetune.tasks import upper_case_task, write_jsonl
+
+    write_jsonl(work / "train.jsonl", upper_case_task(TRAIN_EXAMPLES, seed=0, split="train"))
+    held_out = upper_case_task(HELD_OUT_EXAMPLES, seed=0, split="held_out")
+    write_jsonl(work / "val.jsonl", held_out[:20])
+    cases = [
+        {"id": f"case-{i:03d}", "messages": row["messages"][:-1],
+         "expected": row["messages"][-1]["content"]}
+        for i, row in enumerate(held_out)
+    ]  # fmt: skip
+    write_jsonl(work / "held-out.jsonl", cases)
+    (work / "suite.yaml").write_text(SUITE)
+    for name, steps, seed in (("job-quick.yaml", 80, 1), ("job-full.yaml", 200, 0)):
+        (work / name).write_text(
+            "model: tiny\ntraining_file: train.jsonl\nvalidation_file: val.jsonl\n"
+            f"suffix: upper\nseed: {seed}\nmethod: lora\noptions: {{rank: 16}}\n"
+            f"training: {{max_steps: {steps}, warmup_ratio: 0.05}}\n"
+            "hyperparameters: {batch_size: 16, learning_rate_multiplier: 15}\n"
+        )
+
+
+def _traffic(server: Any, deployment: str) -> dict[str, Counter[str]]:
+    """Each user asks once with the stock `openai` client; returns the versions each arm served."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=server.token, max_retries=0)
+    served: dict[str, Counter[str]] = {}
+    for index in range(TRAFFIC_USERS):
+        raw = client.chat.completions.with_raw_response.create(
+            model=deployment,
+            messages=[{"role": "user", "content": f"upper: user number {index}"}],
+            user=f"user-{index}",
+            temperature=0,
+            max_tokens=12,
+        )
+        arm = raw.headers["x-evalhub-arm"]
+        served.setdefault(arm, Counter())[raw.headers["x-evalhub-model-version"]] += 1
+    return served
 
 
 def _quiet_libraries() -> None:
@@ -78,121 +128,84 @@ def _quiet_libraries() -> None:
 
 
 def run_demo(home: Path, *, fresh: bool = True) -> None:
-    import torch
-
-    from evalhub import __version__
-    from evalhub.cli.registry import register_directory
-    from evalhub.finetune.generation import evaluate_exact_match
-    from evalhub.finetune.tasks import upper_case_task, write_jsonl
-    from evalhub.finetune.tiny import build_tiny_model
-
-    torch.set_num_threads(1)
     _quiet_libraries()
     home = home.resolve()
     if fresh and home.exists():
         shutil.rmtree(home)
     work = home / "work"
     work.mkdir(parents=True, exist_ok=True)
-    settings = Settings(home=home, url=None, database_url=None, _env_file=None)
-    total = 6
-    console.print(f"[bold]evalhub demo[/] in {home} (SQLite, local artifact store, CPU, offline)")
-
-    with Client.connect(settings) as client:
-        _step(1, total, "build a tiny Llama base model offline and register it")
-        started = time.perf_counter()
-        base_dir = build_tiny_model(work / "tiny-base", seed=0)
-        client.post("/models", {"name": "tiny", "kind": "base", "description": "tiny Llama"})
-        base = register_directory(client, base_dir, "tiny", description="demo base")
-        console.print(
-            f"  registered [bold]{base['ref']}[/]: {base['parameter_count']:,} parameters, "
-            f"{base['digest'][:19]}… ({time.perf_counter() - started:.0f} s)"
-        )
-
-        _step(2, total, "store the training data as content-addressed dataset versions")
-        train = upper_case_task(TRAIN_EXAMPLES, seed=0, split="train")
-        held_out = upper_case_task(HELD_OUT_EXAMPLES, seed=0, split="held_out")
-        train_file = write_jsonl(work / "upper-train.jsonl", train)
-        write_jsonl(work / "upper-heldout.jsonl", held_out)
-        dataset = client.upload(
-            "/datasets/upper/versions", train_file, {"format": "chat", "create": "true"}
-        )["version"]
-        console.print(
-            f"  [bold]{dataset['ref']}[/]: {dataset['row_count']} examples like "
-            f"'{train[0]['messages'][0]['content']}' -> '{train[0]['messages'][1]['content']}'"
-        )
-
-        _step(3, total, f"baseline: the base model on {HELD_OUT_EXAMPLES} unseen held-out cases")
-        baseline = evaluate_exact_match(base_dir, held_out)
-        console.print(f"  tiny/1 exact match: [bold]{baseline:.2f}[/]")
-
-        _step(4, total, "fine-tune two LoRA adapters and register them with lineage")
-        client.post("/models", {"name": "tiny-upper", "kind": "adapter"})
-        scores: dict[int, float] = {}
-        for steps, seed in ((200, 0), (30, 1)):
-            adapter_dir, summary = _train(
-                base_dir, base["ref"], work / f"run-{steps}", train, steps, seed
-            )
-            score = evaluate_exact_match(adapter_dir, held_out, base_model=base_dir)
-            lineage = {
-                "dataset": dataset["ref"],
-                "training_job": f"demo-{steps}-steps",
-                "hyperparameters": summary["hyperparameters"],
-                "seed": seed,
-                "code_version": __version__,
-                "metrics": {"exact_match": score, "train_loss": summary["final_loss"]},
-            }
-            version = register_directory(
-                client, adapter_dir, "tiny-upper", base=base["ref"], lineage=lineage
-            )
-            scores[version["version"]] = score
-            console.print(
-                f"  [bold]{version['ref']}[/]: {steps} steps in {summary['seconds']} s, "
-                f"loss {summary['final_loss']}, held-out exact match [bold]{score:.2f}[/]"
-            )
-
-        _step(5, total, "@production gets the better adapter; the weaker one is a candidate")
-        best = max(scores, key=scores.__getitem__)
-        other = min(scores, key=scores.__getitem__)
-        client.put(
-            "/models/tiny-upper/aliases/production",
-            {"version": best, "reason": f"exact match {scores[best]:.2f}"},
-        )
-        client.put("/models/tiny-upper/aliases/candidate", {"version": other})
-        verdict = "promote" if scores[other] >= scores[best] else "hold: it regresses"
-        console.print(
-            f"  candidate tiny-upper/{other} {scores[other]:.2f} vs production "
-            f"tiny-upper/{best} {scores[best]:.2f}: {verdict}"
-        )
-
-        _step(6, total, "someone promotes the candidate anyway; roll back in one call")
-        client.put(
-            "/models/tiny-upper/aliases/production", {"version": other, "reason": "manual push"}
-        )
-        client.post(
-            "/models/tiny-upper/aliases/production/rollback", {"reason": "exact match dropped"}
-        )
-        now = client.get("/resolve", ref="tiny-upper@production")
-        console.print(f"  tiny-upper@production is [bold]{now['ref']}[/] again")
-        history = client.get("/models/tiny-upper/aliases/production/history")["data"]
-        table = Table(title="tiny-upper@production history")
-        for column in ("when", "action", "from", "to", "who", "reason"):
-            table.add_column(column)
-        for move in history:
-            table.add_row(
-                move["created_at"][11:19],
-                move["action"],
-                str(move["from_version"] or "-"),
-                str(move["to_version"] or "-"),
-                move["actor"],
-                move["reason"],
-            )
-        console.print(table)
-        lineage = client.get(f"/models/tiny-upper/versions/{best}/lineage")
-        console.print(
-            f"  lineage of {lineage['version']['ref']}: base {lineage['base']['ref']}, "
-            f"dataset {lineage['dataset']['ref']}, job {lineage['version']['training_job']}"
-        )
+    started = time.perf_counter()
+    total = 8
     console.print(
-        f"\n[green]done.[/] Look around: EVALHUB_HOME={home} evalhub models list | "
-        "evalhub alias history tiny-upper@production"
+        f"[bold]evalhub demo[/] in {home}: SQLite, local artifact store, CPU, offline; "
+        f"the files it writes are in {work}"
+    )
+    with _server(home / "home") as server:
+        console.print(f"  evalhub serve is up at {server.url} (EVALHUB_URL, EVALHUB_TOKEN set)")
+        cwd = Path.cwd()
+        os.chdir(work)
+        try:
+            _write_data(work)
+            _step(1, total, "build a tiny Llama base model offline and register it")
+            evalhub("models", "create-tiny", "tiny")
+
+            _step(2, total, "fine-tune two LoRA adapters as jobs: a quick one and a full one")
+            evalhub("finetune", "run", "job-quick.yaml")
+            evalhub("finetune", "run", "job-full.yaml")
+
+            _step(3, total, "the quick adapter is in production; the full one is the candidate")
+            evalhub("alias", "set", "tiny-upper@production", "1", "--reason", "first release")
+            evalhub("alias", "set", "tiny-upper@candidate", "2")
+
+            _step(4, total, "serve the base model; the gateway hot-loads the adapters")
+            evalhub("backend", "local", "--base", "tiny/1", "--name", "cpu-1")
+
+            _step(5, total, f"evaluate on {HELD_OUT_EXAMPLES} unseen cases, through the gateway")
+            evalhub("eval", "run", "suite.yaml", "--model", "tiny/1", "--output", "base.json")
+            baseline = json.loads((work / "base.json").read_text())
+            base_score = baseline["metrics"]["exact_match"]["aggregate"]["value"]
+            console.print(f"  the base model alone: exact match {base_score:.2f}")
+
+            _step(6, total, "gate the candidate against production (exit 0: it may ship)")
+            evalhub(
+                "gate", "--suite", "suite.yaml", "--candidate", "tiny-upper@candidate",
+                "--baseline", "tiny-upper@production", "--summary", "gate.md",
+                "--output", "gate.json",
+            )  # fmt: skip
+            runs = json.loads((work / "gate.json").read_text())["runs"][0]
+            scores = {
+                role: runs[role]["metrics"]["exact_match"]["aggregate"]["value"]
+                for role in ("baseline", "candidate")
+            }
+            if not scores["candidate"] >= 0.8 > scores["baseline"]:
+                raise DemoFailed(f"fine-tuning did not help as it should: {scores}")
+
+            _step(7, total, "A/B: 80% of users stay on production, 20% get the candidate")
+            evalhub(
+                "deploy", "create", "upper-bot", "--backend", "cpu-1",
+                "--arm", "control=tiny-upper@production:80",
+                "--arm", "candidate=tiny-upper@candidate:20",
+            )  # fmt: skip
+            split = _traffic(server, "upper-bot")
+            for arm, versions in sorted(split.items()):
+                shown = ", ".join(f"{v} x{n}" for v, n in versions.items())
+                console.print(f"  {arm}: {sum(versions.values())} users, served by {shown}")
+            evalhub("traffic", "--deployment", "upper-bot", "--limit", "3")
+            evalhub("deploy", "rollout", "upper-bot", "start", "--steps", "50,100")
+            evalhub("deploy", "rollout", "upper-bot", "step")
+            evalhub("alias", "set", "tiny-upper@production", "2", "--reason", "gate passed")
+
+            _step(8, total, "someone pushes the old adapter back; roll back in one call")
+            evalhub("alias", "set", "tiny-upper@production", "1", "--reason", "manual push")
+            evalhub("alias", "rollback", "tiny-upper@production", "--reason", "it regresses")
+            evalhub("alias", "history", "tiny-upper@production")
+            evalhub("versions", "lineage", "tiny-upper/2")
+        finally:
+            os.chdir(cwd)
+    console.print(
+        f"\n[green]done[/] in {time.perf_counter() - started:.0f} s: exact match on "
+        f"{HELD_OUT_EXAMPLES} "
+        f"unseen cases went from {base_score:.2f} (base) to {scores['baseline']:.2f} (quick "
+        f"adapter) and {scores['candidate']:.2f} (full adapter, now in production).\n"
+        f"Look around: EVALHUB_HOME={home / 'home'} evalhub models list | evalhub serve"
     )

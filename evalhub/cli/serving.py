@@ -44,13 +44,17 @@ def _create_backend(
 def backend_local(
     base: Annotated[str, typer.Option(help="Base model version ref, e.g. tiny@production")],
     name: Annotated[str, typer.Option(help="Backend name")] = "local",
-    port: Annotated[int | None, typer.Option(help="Port (default: a free one)")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port of the first replica (default: free)")
+    ] = None,
+    replicas: Annotated[int, typer.Option(min=1, help="Server processes to start")] = 1,
     url: Annotated[
-        str | None, typer.Option(help="Attach to a local backend already running")
+        list[str] | None,
+        typer.Option(help="Attach to local backend servers already running (repeatable)"),
     ] = None,
 ) -> None:
     """Serve a base model and its adapters with transformers + peft (CPU or GPU)."""
-    _create_backend(name, "local", base, url, port)
+    _create_backend(name, "local", base, url, port, replicas)
 
 
 @backend_app.command("vllm")
@@ -60,7 +64,7 @@ def backend_vllm(
     port: Annotated[
         int | None, typer.Option(help="Port of the first replica (default: free)")
     ] = None,
-    replicas: Annotated[int, typer.Option(help="vLLM processes to start")] = 1,
+    replicas: Annotated[int, typer.Option(min=1, help="vLLM processes to start")] = 1,
     url: Annotated[
         list[str] | None, typer.Option(help="Attach to vLLM servers already running (repeatable)")
     ] = None,
