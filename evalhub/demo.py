@@ -97,7 +97,7 @@ def _write_data(work: Path) -> None:
         )
 
 
-def _traffic(server: Any, deployment: str) -> dict[str, Counter[str]]:
+def _traffic(server: Any, deployment: str, cases: list[dict[str, Any]]) -> dict[str, Counter[str]]:
     """Each user asks once with the stock `openai` client; returns the versions each arm served."""
     from openai import OpenAI
 
@@ -106,7 +106,7 @@ def _traffic(server: Any, deployment: str) -> dict[str, Counter[str]]:
     for index in range(TRAFFIC_USERS):
         raw = client.chat.completions.with_raw_response.create(
             model=deployment,
-            messages=[{"role": "user", "content": f"upper: user number {index}"}],
+            messages=cases[index % len(cases)]["messages"],
             user=f"user-{index}",
             temperature=0,
             max_tokens=12,
@@ -128,6 +128,8 @@ def _quiet_libraries() -> None:
 
 
 def run_demo(home: Path, *, fresh: bool = True) -> None:
+    from evalhub.finetune.tasks import read_jsonl
+
     _quiet_libraries()
     home = home.resolve()
     if fresh and home.exists():
@@ -186,7 +188,7 @@ def run_demo(home: Path, *, fresh: bool = True) -> None:
                 "--arm", "control=tiny-upper@production:80",
                 "--arm", "candidate=tiny-upper@candidate:20",
             )  # fmt: skip
-            split = _traffic(server, "upper-bot")
+            split = _traffic(server, "upper-bot", read_jsonl(work / "held-out.jsonl"))
             for arm, versions in sorted(split.items()):
                 shown = ", ".join(f"{v} x{n}" for v, n in versions.items())
                 console.print(f"  {arm}: {sum(versions.values())} users, served by {shown}")

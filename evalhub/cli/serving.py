@@ -236,21 +236,15 @@ def traffic(
     rows = [
         {
             **r,
+            "time": r["created_at"][:19].replace("T", " "),
             "response": (r["response_text"] or r["error"] or "")[:40],
-            "latency_ms": round(r["latency_ms"], 1),
+            "ms": round(r["latency_ms"], 1),
+            "tokens": r["completion_tokens"],
         }
         for r in page["data"]
     ]
-    table(
-        rows,
-        [
-            "created_at",
-            "deployment",
-            "arm",
-            "version",
-            "status",
-            "latency_ms",
-            "completion_tokens",
-            "response",
-        ],
-    )
+    # A filtered column says the same on every row: leave it out, the table fits 80 columns.
+    columns = ["time", "deployment", "arm", "version", "status", "ms", "tokens", "response"]
+    filtered = {"deployment": deployment, "arm": arm}
+    shown = [column for column in columns if not filtered.get(column)]
+    table(rows, shown, f"traffic of {deployment}" if deployment else "traffic")
