@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, select
+from sqlalchemy import Connection, Select, bindparam, func, select
 
 from registry.entities import ModelKind, ModelVersion, VersionStatus
 from registry.tables import (
@@ -39,8 +39,16 @@ def _version_select() -> Select[Any]:
         .outerjoin(_dataset_versions, _dataset_versions.c.id == _versions.c.dataset_version_id)
         .outerjoin(_datasets, _datasets.c.id == _dataset_versions.c.dataset_id)
     )
+    # The version's aliases in the same round trip: string_agg on PostgreSQL, group_concat on
+    # SQLite (alias names hold no comma).
+    aliases = (
+        select(func.aggregate_strings(_aliases.c.alias, ","))
+        .where(_aliases.c.version_id == _versions.c.id)
+        .scalar_subquery()
+    )
     return select(
         _versions,
+        aliases.label("alias_names"),
         _models.c.name.label("model_name"),
         _models.c.kind.label("model_kind"),
         _base_models.c.name.label("base_name"),
@@ -68,11 +76,6 @@ LATEST_READY = (
     .order_by(_versions.c.version.desc())
     .limit(1)
 )
-ALIASES_OF = (
-    select(_aliases.c.alias)
-    .where(_aliases.c.version_id == bindparam("id"))
-    .order_by(_aliases.c.alias)
-)
 
 
 def load_version(
@@ -81,8 +84,7 @@ def load_version(
     row = connection.execute(statement, params).mappings().first()
     if row is None:
         return None
-    aliases = list(connection.execute(ALIASES_OF, {"id": row["id"]}).scalars())
-    return version_entity(row, aliases)
+    return version_entity(row, sorted(row["alias_names"].split(",")) if row["alias_names"] else [])
 
 
 def version_entity(row: Any, aliases: list[str]) -> ModelVersion:
