@@ -310,12 +310,14 @@ class Gateway:
         # After the commit: a refresh that ran before it would read, and cache, the old state.
         if not mutation.action.startswith(("alias.", "version.", "model.")):
             return
+        # An alias that now points somewhere: "models/<name>/aliases/<alias>".
+        parts = mutation.resource.split("/")
         moved = mutation.action.startswith("alias.") and mutation.after is not None
-        model = mutation.resource.split("/")[1]
+        model = parts[1] if moved and len(parts) > 1 else None
 
         def committed(_session: Any) -> None:
             self.forget_routes()
-            if moved:
+            if model is not None:
                 self.preload_soon(model)
 
         event.listen(session, "after_commit", committed, once=True)
@@ -328,7 +330,8 @@ class Gateway:
         """Starts `preload` on the server's event loop, from whatever thread made the change."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            asyncio.run_coroutine_threadsafe(self.preload(model), loop)
+            future = asyncio.run_coroutine_threadsafe(self.preload(model), loop)
+            future.add_done_callback(_log_failure)
 
     async def preload(self, model: str | None = None) -> None:
         """Loads what the deployments' arms (those following `model`) resolve to now.
@@ -715,3 +718,8 @@ def _model_name(ref: str) -> str | None:
         return parse_ref(ref).name
     except RegistryError:
         return None
+
+
+def _log_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("preloading failed: %s", future.exception())
