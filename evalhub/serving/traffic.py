@@ -163,12 +163,23 @@ class TrafficLog:
     def _take_spill(self) -> list[dict[str, Any]]:
         if self.spill is None or not self.spill.exists():
             return []
-        rows = []
+        rows, unreadable = [], []
         for line in self.spill.read_text(encoding="utf-8").splitlines():
-            if line.strip():
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
                 row["created_at"] = datetime.fromisoformat(row["created_at"])
-                rows.append(row)
+            except (ValueError, KeyError, TypeError):  # a line cut short by a crash
+                unreadable.append(line)
+                continue
+            rows.append(row)
+        if unreadable:
+            kept = self.spill.with_suffix(".unreadable")
+            with kept.open("a", encoding="utf-8") as handle:
+                handle.writelines(line + "\n" for line in unreadable)
+            log.error("%d traffic records in %s cannot be read; kept in %s",
+                      len(unreadable), self.spill, kept)  # fmt: skip
         self.spill.unlink()
         log.warning("writing %d traffic records kept from an earlier shutdown", len(rows))
         return rows

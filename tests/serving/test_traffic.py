@@ -66,10 +66,13 @@ def test_records_survive_a_database_outage_at_shutdown(platform, tmp_path: Path)
     with engine.begin() as connection:
         connection.execute(text("ALTER TABLE traffic_away RENAME TO traffic"))
     spill.write_text(spill.read_text() + json.dumps(row(0), default=str) + "\n")  # stored already
+    with spill.open("a") as handle:  # and a line a crash cut short
+        handle.write('{"id": "req-0099", "created_at": "2026-11-')
     again = TrafficLog(engine, spill=spill)
     again.record(row(8))
     again.close()
     assert not spill.exists()
+    assert spill.with_suffix(".unreadable").read_text().startswith('{"id": "req-0099"')
     with engine.connect() as connection:
         ids = connection.execute(select(TrafficRow.id).order_by(TrafficRow.id)).scalars().all()
         kept_request = connection.execute(
