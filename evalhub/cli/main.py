@@ -91,9 +91,12 @@ def demo(
     """Run the whole loop on a tiny model, offline, on CPU, in a few minutes."""
     from pathlib import Path
 
-    from evalhub.demo import run_demo
+    from evalhub.demo import DemoFailed, run_demo
 
-    run_demo(Path(home))
+    try:
+        run_demo(Path(home))
+    except DemoFailed as error:
+        fail(f"the demo stopped: {error}")
 
 
 @app.command()
