@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         default=".vllm-venv/bin/python",
         description="The Python that runs vLLM (its own virtualenv; the GPU or the CPU build).",
     )
+    vllm_command: list[str] = Field(
+        default_factory=lambda: ["-m", "vllm.entrypoints.openai.api_server"],
+        description="What the vLLM Python runs (JSON list); the module entry point works in "
+        "every build (`vllm serve` is broken in the CPU build).",
+    )
     vllm_max_loras: int = Field(default=4, description="Adapters vLLM keeps on the device.")
     vllm_max_lora_rank: int = Field(default=16, description="Largest adapter rank vLLM accepts.")
     vllm_max_cpu_loras: int = Field(default=8, description="Adapters vLLM caches in CPU memory.")

@@ -179,6 +179,7 @@ class BackendService:
                         served_name,
                         port,
                         python=settings.vllm_python,
+                        entrypoint=settings.vllm_command,
                         max_loras=int(options.get("max_loras", settings.vllm_max_loras)),
                         max_lora_rank=int(
                             options.get("max_lora_rank", settings.vllm_max_lora_rank)

@@ -56,14 +56,14 @@ def vllm_backend_spec(
     port: int,
     *,
     python: str,
+    entrypoint: list[str],
     max_loras: int,
     max_lora_rank: int,
     max_cpu_loras: int,
     extra_args: list[str],
 ) -> ProcessSpec:
-    # `vllm serve` is broken in the CPU build; the module entry point works in every build.
     command = [
-        python, "-m", "vllm.entrypoints.openai.api_server",
+        python, *entrypoint,
         "--model", str(model_dir), "--served-model-name", served_name,
         "--enable-lora", "--max-loras", str(max_loras), "--max-lora-rank", str(max_lora_rank),
         "--max-cpu-loras", str(max_cpu_loras),

@@ -1,0 +1,41 @@
+"""Managed vLLM backends start the command the settings name, and a failed start leaves nothing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from evalhub.platform import Platform
+from evalhub.serving.backends import BackendCreate, BackendService
+from evalhub.serving.supervisor import Supervisor
+from evalhub.settings import Settings
+from registry.errors import RegistryError
+
+
+def test_the_vllm_command_is_a_setting(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
+    # A Python and entry point of the user's choosing: here one that prints its arguments and
+    # exits with 3.
+    settings = Settings(
+        home=tmp_path / "home",
+        _env_file=None,
+        vllm_python=sys.executable,
+        vllm_command=["-c", "import sys; print(sys.argv[1:], flush=True); sys.exit(3)"],
+    )
+    platform = Platform.open(settings)
+    supervisor = Supervisor(tmp_path / "logs")
+    try:
+        platform.registry.create_model("tiny", "base")
+        platform.registry.register_version("tiny", model_dirs["base"])
+        backends = BackendService(platform, supervisor)
+        with pytest.raises(RegistryError, match="exited with status 3"):
+            backends.create(BackendCreate(name="gpu-1", kind="vllm", base="tiny/1"), actor="t")
+        assert backends.list() == []
+        started_with = (tmp_path / "logs" / "gpu-1-0.log").read_text()
+        assert (
+            "'--enable-lora'" in started_with and "'--served-model-name', 'tiny/1'" in started_with
+        )
+    finally:
+        supervisor.close()
+        platform.close()
