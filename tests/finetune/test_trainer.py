@@ -37,12 +37,15 @@ def short_config(method: str = "lora", **overrides: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def test_lora_learns_upper_case_on_held_out_word_sets(tiny_base: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_fine_tuning_learns_upper_case_on_held_out_word_sets(
+    method: str, tiny_base: Path, tmp_path: Path
+) -> None:
     train = upper_case_task(2000, seed=0)
     held_out = upper_case_task(100, seed=0, split="held_out")
     before = evaluate_exact_match(tiny_base, held_out, max_new_tokens=16)
     config = TrainConfig(
-        method="lora",
+        method=method,
         max_steps=200,
         batch_size=16,
         learning_rate=3e-3,
@@ -57,9 +60,14 @@ def test_lora_learns_upper_case_on_held_out_word_sets(tiny_base: Path, tmp_path:
     )
     seconds = time.perf_counter() - started
     after = evaluate_exact_match(
-        result.output_dir, held_out, max_new_tokens=16, base_model=tiny_base
+        result.output_dir,
+        held_out,
+        max_new_tokens=16,
+        base_model=tiny_base if method == "lora" else None,  # full: a whole model directory
     )
-    print(f"exact match {before:.2f} -> {after:.2f}; {result.steps} steps in {seconds:.1f} s")
+    print(
+        f"{method}: exact match {before:.2f} -> {after:.2f}; {result.steps} steps in {seconds:.1f} s"
+    )
     assert before <= 0.05
     assert after >= 0.8
     val_losses = [e["val_loss"] for e in events if e["type"] == "step" and "val_loss" in e]
