@@ -24,7 +24,7 @@ import typer
 from pydantic import SecretStr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from evalhub.cli.output import api_errors, console, errors, fail, fields, print_json, table
+from evalhub.cli.output import api_errors, console, errors, fail, fields, number, print_json, table
 from evalhub.client import ApiError, Client
 from evalhub.eval.gate import GatePolicy, gate
 from evalhub.eval.record import EvalRun
@@ -262,9 +262,9 @@ def _print_run(run: EvalRun) -> None:
     rows = [
         {
             "metric": name,
-            "value": _number(summary.aggregate.value),
+            "value": number(summary.aggregate.value),
             "n": summary.aggregate.count,
-            "threshold": _number(summary.spec.threshold),
+            "threshold": number(summary.spec.threshold),
             "passed": "" if summary.passed is None else ("yes" if summary.passed else "NO"),
         }
         for name, summary in run.metrics.items()
@@ -273,14 +273,10 @@ def _print_run(run: EvalRun) -> None:
     cached = sum(g.cached for r in run.results for g in r.generations)
     total = sum(len(r.generations) for r in run.results)
     console.print(
-        f"{run.status}: overall {_number(run.overall_score)}, thresholds "
+        f"{run.status}: overall {number(run.overall_score)}, thresholds "
         f"{'passed' if run.passed else 'FAILED'}; {total} generations, {cached} from cache",
         highlight=False,
     )
-
-
-def _number(value: float | None) -> str:
-    return "" if value is None else f"{value:.4g}"
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -379,7 +375,7 @@ def eval_compare(
             "baseline": _cell(metric["baseline_mean"]),
             "candidate": _cell(metric["candidate_mean"]),
             "change": _cell(metric["difference"]),
-            "95% CI": f"[{_number(metric['ci_low'])}, {_number(metric['ci_high'])}]",
+            "95% CI": f"[{number(metric['ci_low'])}, {number(metric['ci_high'])}]",
             "p": _cell(metric["p_value"]),
             "W/T/L": f"{metric['wins']}/{metric['ties']}/{metric['losses']}",
         }

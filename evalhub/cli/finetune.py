@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from evalhub.cli.output import api_errors, console, errors, fail, fields, print_json, table
+from evalhub.cli.output import api_errors, console, errors, fail, fields, number, print_json, table
 from evalhub.cli.registry import models_app, register_directory
 from evalhub.client import ApiError, Client
 from evalhub.settings import Settings
@@ -294,13 +294,12 @@ def jobs_metrics(job_id: str, as_json: JsonFlag = False) -> None:
         return
     columns = ["step", "train_loss", "valid_loss", "learning_rate", "tokens_per_second"]
     rows = [
-        {**{key: _text(point[key]) for key in columns},
-         "peak_memory": _bytes(point["peak_memory_bytes"])
-         if point["peak_memory_bytes"] is not None else None}
+        {**{key: number(point[key]) for key in columns},
+         "peak_memory": _bytes(point["peak_memory_bytes"])}
         for point in run["series"]
     ]  # fmt: skip
     table(rows, [*columns, "peak_memory"], f"{job_id} ({run['status']})")
-    fields({key: _text(value) for key, value in run["final"].items()})
+    fields({key: number(value) for key, value in run["final"].items()})
 
 
 @finetune_app.command("compare")
@@ -323,29 +322,17 @@ def compare(
     keys = list(dict.fromkeys(key for run in runs for key in run["params"]))
     for key in keys:
         label = f"[bold]{key} *[/]" if key in differing else key
-        view.add_row(label, *(_text(run["params"].get(key)) for run in runs))
+        view.add_row(label, *(number(run["params"].get(key)) for run in runs))
     view.add_section()
     for key in ("status", "registered_version", "seconds"):
-        view.add_row(key, *(_text(run[key]) for run in runs))
+        view.add_row(key, *(number(run[key]) for run in runs))
     finals = list(dict.fromkeys(key for run in runs for key in run["final"]))
     for key in finals:
-        view.add_row(key, *(_text(run["final"].get(key)) for run in runs))
-    view.add_row("best_valid_loss", *(_text(run["best_valid_loss"]) for run in runs))
-    view.add_row("mean_tokens_per_second", *(_text(run["mean_tokens_per_second"]) for run in runs))
-    view.add_row(
-        "peak_memory",
-        *(_bytes(run["peak_memory_bytes"]) if run["peak_memory_bytes"] is not None else ""
-          for run in runs),
-    )  # fmt: skip
+        view.add_row(key, *(number(run["final"].get(key)) for run in runs))
+    view.add_row("best_valid_loss", *(number(run["best_valid_loss"]) for run in runs))
+    view.add_row("mean_tokens_per_second", *(number(run["mean_tokens_per_second"]) for run in runs))
+    view.add_row("peak_memory", *(_bytes(run["peak_memory_bytes"]) for run in runs))
     console.print(view)
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 # -- validate and estimate ---------------------------------------------------------------------
@@ -385,7 +372,9 @@ def validate(
         raise typer.Exit(1)
 
 
-def _bytes(count: float) -> str:
+def _bytes(count: float | None) -> str:
+    if count is None:
+        return ""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if count < 1024 or unit == "TiB":
             return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"

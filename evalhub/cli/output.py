@@ -65,6 +65,13 @@ def fields(record: dict[str, Any], keys: Sequence[str] | None = None) -> None:
     console.print(view)
 
 
+def number(value: Any) -> str:
+    """A value for a table cell: floats to 4 significant digits, None as blank."""
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""

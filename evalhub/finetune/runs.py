@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
+from evalhub.finetune.protocol import FineTuningJob
 from evalhub.finetune.service import _job, job_view
 from evalhub.jobs.tables import JobEventRow
 from evalhub.platform import Platform
@@ -51,8 +52,7 @@ class RunComparison(BaseModel):
     differing_params: list[str] = Field(description="The parameters that are not the same in all")
 
 
-def _params(job: Any) -> dict[str, Any]:
-    view = job_view(job)
+def _params(view: FineTuningJob) -> dict[str, Any]:
     extra = view.evalhub
     params: dict[str, Any] = {
         "base": extra["base"],
@@ -62,7 +62,7 @@ def _params(job: Any) -> dict[str, Any]:
         "learning_rate": extra["learning_rate"],
         "total_steps": extra["total_steps"],
         "seed": view.seed,
-        **{key: value for key, value in view.hyperparameters.items()},
+        **view.hyperparameters,
     }
     for key, value in sorted((extra["method_options"] or {}).items()):
         params[f"{extra['method']}.{key}"] = value
@@ -87,6 +87,7 @@ def _series(platform: Platform, job_id: str) -> list[MetricPoint]:
 
 def run_metrics(platform: Platform, job_id: str) -> RunMetrics:
     job = _job(platform, job_id)
+    view = job_view(job)
     series = _series(platform, job_id)
     result = job.result or {}
     valid = [p.valid_loss for p in series if p.valid_loss is not None]
@@ -95,10 +96,10 @@ def run_metrics(platform: Platform, job_id: str) -> RunMetrics:
     finished = job.finished_at
     return RunMetrics(
         job_id=job.id,
-        status=job_view(job).status,
+        status=view.status,
         fine_tuned_model=result.get("fine_tuned_model"),
         registered_version=result.get("version_ref"),
-        params=_params(job),
+        params=_params(view),
         final=result.get("metrics") or {},
         best_valid_loss=min(valid) if valid else None,
         mean_tokens_per_second=round(sum(speeds) / len(speeds), 1) if speeds else None,
