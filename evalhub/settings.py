@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         default=None,
         description="API key sent only to judge_base_url; never taken from requests.",
     )
+    metric_modules: list[str] = Field(
+        default_factory=list,
+        description="Python modules (or packages) whose `module:function` metrics a suite sent "
+        "over the API may name, as a JSON list; empty: only built-in metrics and those "
+        "installed under the `evalhub.metrics` entry point group.",
+    )
     prices: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="Per-model prices per million tokens for the `cost` metric, as JSON: "

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr
 
 from evalhub.eval.compare import Comparison, compare_runs
+from evalhub.eval.metrics import MetricPolicy
 from evalhub.eval.record import EvalRun, GenerationRecord
 from evalhub.eval.runner import Progress, RunOptions, Target, run_suite
 from evalhub.eval.store import DatabaseCache, EvalRunInfo, EvalStore, new_run_id
@@ -55,7 +56,9 @@ class EvalOptions(BaseModel):
 
 class EvalRequest(BaseModel):
     suite: str = Field(min_length=1, description="The suite's YAML text.")
-    filename: str = Field(default="suite.yaml", description="Shown in problem reports.")
+    filename: str = Field(
+        default="suite.yaml", max_length=200, description="Shown in problem reports."
+    )
     dataset: str | None = Field(
         default=None, description="JSONL text of the dataset file the suite names."
     )
@@ -168,7 +171,10 @@ def load_request_suite(
         used["version"] = version.ref
         return platform.registry.dataset_path(version.ref)
 
-    name = Path(filename).name or "suite.yaml"
+    # The filename is a label for problem reports: never a path, never `..`.
+    name = Path(filename.replace("\\", "/")).name
+    if name in ("", ".", ".."):
+        name = "suite.yaml"
     with tempfile.TemporaryDirectory(prefix="evalhub-suite-") as work:
         root = Path(work).resolve()
         suite_path = root / name
@@ -193,7 +199,12 @@ def load_request_suite(
                 target.write_bytes(platform.registry.dataset_path(dataset_version).read_bytes())
         runtime = metric_runtime(platform.settings, suite_text, cache)
         try:
-            suite = load_suite(suite_path, resolve_dataset=resolve_dataset, metric_runtime=runtime)
+            suite = load_suite(
+                suite_path,
+                resolve_dataset=resolve_dataset,
+                metric_runtime=runtime,
+                metric_policy=MetricPolicy.for_server(platform.settings.metric_modules),
+            )
         except SuiteError as error:
             for problem in error.problems:
                 problem.file = _relative(problem.file, root)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from evalhub.eval.case import Case, Message, render_messages
+from evalhub.eval.metric_policy import LOCAL, MetricPolicy
 
 MAX_PROBLEMS = 50
 
@@ -124,6 +125,7 @@ class Suite(BaseModel):
     dataset_path: Path
     dataset_digest: str
     cases: list[Case]
+    metric_policy: MetricPolicy = Field(default=LOCAL, exclude=True)
 
     @property
     def name(self) -> str:
@@ -134,14 +136,20 @@ class Suite(BaseModel):
 
     def build_metrics(self, runtime: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """Metric objects by result key; `runtime` adds options never saved (keys, caches)."""
-        return {spec.key: _build_metric(spec, runtime or {}) for spec in self.config.metrics}
+        return {
+            spec.key: _build_metric(spec, runtime or {}, self.metric_policy)
+            for spec in self.config.metrics
+        }
 
 
-def _build_metric(spec: MetricSpec, runtime: dict[str, dict[str, Any]]) -> Any:
+def _build_metric(
+    spec: MetricSpec, runtime: dict[str, dict[str, Any]], policy: MetricPolicy
+) -> Any:
     """Runtime options (keys, caches, settings' defaults) fill in what the suite leaves out."""
     from evalhub.eval.metrics import create_metric
 
-    return create_metric(spec.name, **{**runtime.get(spec.name, {}), **spec.options})
+    options = {**runtime.get(spec.name, {}), **spec.options}
+    return create_metric(spec.name, policy=policy, **options)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -185,11 +193,13 @@ def load_suite(
     resolve_dataset: DatasetResolver | None = None,
     *,
     metric_runtime: dict[str, dict[str, Any]] | None = None,
+    metric_policy: MetricPolicy = LOCAL,
 ) -> Suite:
     """Load and validate a suite YAML and its dataset; raise SuiteError listing every problem.
 
     `metric_runtime` is what the run will pass to `build_metrics` (e.g. a judge endpoint or a
     price table from settings), so that metrics relying on it validate here too.
+    `metric_policy` limits which metrics the suite may name (a suite sent to the server).
     """
     path = Path(path)
     file = str(path)
@@ -223,7 +233,7 @@ def load_suite(
         ]
         raise SuiteError(problems) from error
 
-    problems = _check_metrics(config, root, file, metric_runtime or {})
+    problems = _check_metrics(config, root, file, metric_runtime or {}, metric_policy)
     dataset_path: Path | None = None
     dataset_line = _node_line(root, ("dataset",))
     if _looks_like_path(config.dataset):
@@ -273,11 +283,16 @@ def load_suite(
         dataset_path=dataset_path,
         dataset_digest=dataset_digest,
         cases=cases,
+        metric_policy=metric_policy,
     )
 
 
 def _check_metrics(
-    config: SuiteConfig, root: yaml.Node | None, file: str, runtime: dict[str, dict[str, Any]]
+    config: SuiteConfig,
+    root: yaml.Node | None,
+    file: str,
+    runtime: dict[str, dict[str, Any]],
+    policy: MetricPolicy,
 ) -> list[Problem]:
     """Build every metric once so that unknown names and bad options fail before anything runs."""
     from evalhub.eval.metrics import MetricError
@@ -291,7 +306,7 @@ def _check_metrics(
             problems.append(Problem(file=file, line=line, message=message))
         seen.add(spec.key)
         try:
-            _build_metric(spec, runtime)
+            _build_metric(spec, runtime, policy)
         except MetricError as error:
             problems.append(Problem(file=file, line=line, message=f"metrics.{index}: {error}"))
     return problems

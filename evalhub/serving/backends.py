@@ -14,6 +14,7 @@ from evalhub.audit import record_mutation
 from evalhub.platform import Platform
 from evalhub.serving.supervisor import (
     Supervisor,
+    check_vllm_args,
     free_port,
     local_backend_spec,
     vllm_backend_spec,
@@ -187,7 +188,11 @@ class BackendService:
                         max_cpu_loras=int(
                             options.get("max_cpu_loras", settings.vllm_max_cpu_loras)
                         ),
-                        extra_args=list(options.get("args", settings.vllm_args)),
+                        extra_args=(
+                            check_vllm_args(options["args"])
+                            if "args" in options
+                            else settings.vllm_args
+                        ),
                     )
                 urls.append(supervisor.start(spec))
         except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -47,6 +48,48 @@ def local_backend_spec(name: str, model_dir: Path, served_name: str, port: int) 
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
     ]  # fmt: skip
     return ProcessSpec(name=name, command=command, port=port, env={"OMP_NUM_THREADS": "1"})
+
+
+# vLLM options an API caller may set on a managed backend: sizes and switches. Anything that names
+# a file, a tokenizer, a chat template or remote code stays with the operator (EVALHUB_VLLM_ARGS).
+VLLM_VALUE_FLAGS = frozenset({
+    "--dtype", "--max-model-len", "--gpu-memory-utilization", "--tensor-parallel-size",
+    "--pipeline-parallel-size", "--max-num-seqs", "--max-num-batched-tokens", "--kv-cache-dtype",
+    "--block-size", "--swap-space", "--seed", "--quantization", "--cpu-offload-gb", "--lora-dtype",
+})  # fmt: skip
+VLLM_SWITCHES = frozenset({
+    "--enforce-eager", "--enable-prefix-caching", "--no-enable-prefix-caching",
+    "--enable-chunked-prefill", "--no-enable-chunked-prefill", "--disable-log-stats",
+})  # fmt: skip
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_+:][A-Za-z0-9_.+:-]{0,63}")
+
+
+def check_vllm_args(args: object) -> list[str]:
+    """The vLLM arguments a request asked for, when every one is a size or a switch we allow."""
+    if not isinstance(args, list) or not all(isinstance(arg, str) for arg in args):
+        raise RegistryError(
+            ErrorCode.INVALID_ARGUMENT,
+            "options.args is a list of strings, e.g. ['--dtype', 'auto']",
+        )
+    remaining = list(args)
+    while remaining:
+        flag, _, inline = remaining.pop(0).partition("=")
+        if flag in VLLM_SWITCHES and not inline:
+            continue
+        if flag not in VLLM_VALUE_FLAGS:
+            allowed = ", ".join(sorted(VLLM_VALUE_FLAGS | VLLM_SWITCHES))
+            raise RegistryError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"vLLM argument {flag!r} is not one a request may set (allowed: {allowed}); "
+                "the operator sets any other in EVALHUB_VLLM_ARGS",
+            )
+        value = inline or (remaining.pop(0) if remaining else "")
+        if not _PLAIN_VALUE.fullmatch(value):
+            raise RegistryError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"vLLM argument {flag} needs a plain value (a number or a word), not {value!r}",
+            )
+    return list(args)
 
 
 def vllm_backend_spec(

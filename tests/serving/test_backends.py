@@ -39,3 +39,47 @@ def test_the_vllm_command_is_a_setting(tmp_path: Path, model_dirs: dict[str, Pat
     finally:
         supervisor.close()
         platform.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--trust-remote-code"],
+        ["--chat-template", "/etc/passwd"],
+        ["--tokenizer=/srv/other-model"],
+        ["--dtype", "../../x"],
+        ["--max-model-len"],
+        "--trust-remote-code",
+    ],
+)
+def test_a_request_cannot_hand_vllm_paths_or_remote_code(
+    tmp_path: Path, model_dirs: dict[str, Path], args: object
+) -> None:
+    # The command would record that it ran; a refused request must start nothing.
+    ran = tmp_path / "ran"
+    settings = Settings(
+        home=tmp_path / "home",
+        _env_file=None,
+        vllm_python=sys.executable,
+        vllm_command=["-c", f"open({str(ran)!r}, 'w').write('ran')"],
+    )
+    platform = Platform.open(settings)
+    supervisor = Supervisor(tmp_path / "logs")
+    try:
+        platform.registry.create_model("tiny", "base")
+        platform.registry.register_version("tiny", model_dirs["base"])
+        backends = BackendService(platform, supervisor)
+        body = BackendCreate(name="gpu-1", kind="vllm", base="tiny/1", options={"args": args})
+        with pytest.raises(RegistryError, match="options.args|not one a request may set|plain"):
+            backends.create(body, actor="t")
+        assert backends.list() == [] and not ran.exists()
+    finally:
+        supervisor.close()
+        platform.close()
+
+
+def test_sizes_and_switches_are_accepted() -> None:
+    from evalhub.serving.supervisor import check_vllm_args
+
+    args = ["--dtype", "float32", "--max-model-len=256", "--enforce-eager", "--seed", "7"]
+    assert check_vllm_args(args) == args

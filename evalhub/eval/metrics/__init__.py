@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from evalhub.eval.metric_policy import LOCAL, MetricPolicy
 from evalhub.eval.metrics import (  # noqa: F401  (imported to register the built-in metrics)
     bleu,
     chrf,
@@ -35,8 +36,10 @@ from evalhub.eval.metrics._registry import (
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "LOCAL",
     "Metric",
     "MetricError",
+    "MetricPolicy",
     "ScoringContext",
     "create_metric",
     "known_metrics",

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
+from evalhub.eval.metric_policy import LOCAL, MetricPolicy
 from evalhub.eval.metrics._base import Metric, MetricError
 
 ENTRY_POINT_GROUP = "evalhub.metrics"
@@ -16,15 +17,18 @@ ENTRY_POINT_GROUP = "evalhub.metrics"
 MetricFactory = Callable[..., Metric]
 
 _FACTORIES: dict[str, MetricFactory] = {}
+_PATH_OPTIONS: dict[str, tuple[str, ...]] = {}
 
 
 def register_metric(
-    name: str, *, runtime_options: tuple[str, ...] = ()
+    name: str, *, runtime_options: tuple[str, ...] = (), path_options: tuple[str, ...] = ()
 ) -> Callable[[MetricFactory], MetricFactory]:
     """Register a metric factory under `name`.
 
     `runtime_options` (API keys, caches, clients) are accepted when building but never recorded,
     so they never reach a saved run; the caller passes them again when rebuilding.
+    `path_options` name files or directories on the machine that builds the metric; a suite
+    sent to the server may not set them.
     """
 
     def decorate(factory: MetricFactory) -> MetricFactory:
@@ -36,6 +40,7 @@ def register_metric(
             )
         built = _recording(name, factory, runtime_options)
         _FACTORIES[name] = built
+        _PATH_OPTIONS[name] = path_options
         return built
 
     return decorate
@@ -75,14 +80,30 @@ def known_metrics() -> list[str]:
     return sorted(set(_FACTORIES) | set(_entry_point_names()))
 
 
-def _custom_factory(name: str) -> MetricFactory | None:
+def _custom_factory(name: str, policy: MetricPolicy) -> MetricFactory | None:
     if ":" in name:
         module_name, _, attribute = name.partition(":")
+        if not policy.allows_module(module_name):
+            raise MetricError(
+                f"custom metric {name!r} is not allowed here: a suite sent to the server may "
+                f"name built-in metrics, metrics installed under the {ENTRY_POINT_GROUP!r} entry "
+                "point group, and functions of the modules the operator lists in "
+                "EVALHUB_METRIC_MODULES; run it on your own machine with `evalhub eval run "
+                "--endpoint ...`, or ask the operator to install it"
+            )
+        if not attribute.isidentifier() or attribute.startswith("_"):
+            raise MetricError(f"custom metric {name!r}: name a public function, module:function")
         try:
             module = importlib.import_module(module_name)
             factory = getattr(module, attribute)
         except (ImportError, AttributeError) as error:
             raise MetricError(f"custom metric {name!r} could not be loaded: {error}") from error
+        # Only what the module itself defines: not a name it imported (`os`, `subprocess.run`).
+        if getattr(factory, "__module__", None) != module_name:
+            raise MetricError(
+                f"custom metric {name!r}: {attribute} is not a metric factory defined in "
+                f"{module_name}"
+            )
     else:
         matches = [entry for entry in entry_points(group=ENTRY_POINT_GROUP) if entry.name == name]
         if not matches:
@@ -96,15 +117,27 @@ def _custom_factory(name: str) -> MetricFactory | None:
     return _recording(name, factory)
 
 
-def create_metric(name: str, **options: Any) -> Metric:
-    """Build a metric by registry name, `package.module:function`, or entry point name."""
-    factory = _FACTORIES.get(name) or _custom_factory(name)
+def create_metric(name: str, *, policy: MetricPolicy = LOCAL, **options: Any) -> Metric:
+    """Build a metric by registry name, `package.module:function`, or entry point name.
+
+    `policy` says which names and options the caller may use; the default trusts the caller
+    (the user's own machine).
+    """
+    factory = _FACTORIES.get(name) or _custom_factory(name, policy)
     if factory is None:
         raise MetricError(
             f"unknown metric {name!r}; known metrics: {', '.join(known_metrics())}. "
             f"Custom metrics are named 'package.module:function' or registered under the "
             f"{ENTRY_POINT_GROUP!r} entry point group"
         )
+    if not policy.local_paths:
+        for option in _PATH_OPTIONS.get(name, ()):
+            if options.get(option) is not None:
+                raise MetricError(
+                    f"metric {name!r}: the option {option!r} names a path on the server, which "
+                    "a suite sent over the API may not do; leave it out to use the server's "
+                    "default, or run the suite on your own machine with --endpoint"
+                )
     metric = factory(**options)
     metric.name = name
     return metric

@@ -89,7 +89,7 @@ def embed(texts: list[str], model_path: str, batch_size: int = 64) -> np.ndarray
     return np.stack([cache.get(text) for text in texts]) if texts else np.zeros((0, 0))
 
 
-@register_metric("semantic_similarity")
+@register_metric("semantic_similarity", path_options=("model",))
 def semantic_similarity(model: str | None = None, batch_size: int = 64) -> Metric:
     if batch_size <= 0:
         raise ValueError("batch_size must be positive")
