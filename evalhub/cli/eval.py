@@ -161,7 +161,8 @@ def run_local(
 
 
 def _suite_request(suite_path: Path, model: str, options: RunOptions) -> dict[str, Any]:
-    from evalhub.eval.service import declared_dataset, is_file_reference
+    from evalhub.eval.service import declared_dataset
+    from evalhub.eval.suite import is_file_reference
 
     try:
         text = suite_path.read_text(encoding="utf-8")
@@ -171,9 +172,8 @@ def _suite_request(suite_path: Path, model: str, options: RunOptions) -> dict[st
         "suite": text,
         "filename": suite_path.name,
         "target": {"model": model},
-        "options": options.model_dump(include={"concurrency", "timeout_s", "max_retries",
-                                                "stream", "no_cache", "refresh"}),
-    }  # fmt: skip
+        "options": options.model_dump(),
+    }
     declared = declared_dataset(text)
     if declared is not None and is_file_reference(declared):
         dataset = suite_path.parent / declared

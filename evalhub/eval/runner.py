@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from evalhub.eval.cache import GenerationCache, generation_key
 from evalhub.eval.record import CaseResult, EvalRun, GenerationRecord, TargetInfo, utc_now
@@ -46,10 +46,14 @@ class Target(BaseModel):
 
 
 class RunOptions(BaseModel):
-    concurrency: int = Field(default=8, ge=1)
-    timeout_s: float = Field(default=120.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
-    backoff_s: float = Field(default=0.5, ge=0)
+    """How a run generates; bounded, since the API takes them from callers. Never secrets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int = Field(default=8, ge=1, le=64)
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    max_retries: int = Field(default=3, ge=0, le=10)
+    backoff_s: float = Field(default=0.5, ge=0, le=60)
     stream: bool = False
     no_cache: bool = Field(default=False, description="Neither read nor write the cache.")
     refresh: bool = Field(default=False, description="Generate again and overwrite the cache.")

@@ -22,7 +22,7 @@ from evalhub.eval.metrics import MetricPolicy
 from evalhub.eval.record import EvalRun, GenerationRecord
 from evalhub.eval.runner import Progress, RunOptions, Target, run_suite
 from evalhub.eval.store import DatabaseCache, EvalRunInfo, EvalStore, new_run_id
-from evalhub.eval.suite import Suite, SuiteError, load_suite
+from evalhub.eval.suite import Suite, SuiteError, is_file_reference, load_suite
 from evalhub.eval.tables import EvalRunRow
 from evalhub.jobs.worker import Handler, JobCancelled, JobContext
 from evalhub.platform import Platform
@@ -43,17 +43,6 @@ class TargetSpec(BaseModel):
     endpoint: str | None = Field(default=None, description="OpenAI-compatible base URL")
 
 
-class EvalOptions(BaseModel):
-    """The runner options a caller may choose; secrets are never among them."""
-
-    concurrency: int = Field(default=8, ge=1, le=64)
-    timeout_s: float = Field(default=120.0, gt=0, le=3600)
-    max_retries: int = Field(default=3, ge=0, le=10)
-    stream: bool = False
-    no_cache: bool = Field(default=False, description="Neither read nor write the cache.")
-    refresh: bool = Field(default=False, description="Generate again and overwrite the cache.")
-
-
 class EvalRequest(BaseModel):
     suite: str = Field(min_length=1, description="The suite's YAML text.")
     filename: str = Field(
@@ -67,7 +56,7 @@ class EvalRequest(BaseModel):
         description="A registry dataset (name or name/3) for the file the suite names.",
     )
     target: TargetSpec
-    options: EvalOptions = Field(default_factory=EvalOptions)
+    options: RunOptions = Field(default_factory=RunOptions)
 
 
 class EvalStarted(BaseModel):
@@ -105,10 +94,6 @@ def _metric_specs(suite_text: str) -> list[dict[str, Any]]:
 def declared_dataset(suite_text: str) -> str | None:
     value = _parsed(suite_text).get("dataset")
     return value if isinstance(value, str) else None
-
-
-def is_file_reference(reference: str) -> bool:
-    return reference.endswith((".jsonl", ".json")) or reference.startswith((".", "/"))
 
 
 def metric_runtime(settings: Settings, suite_text: str, cache: Any) -> dict[str, dict[str, Any]]:

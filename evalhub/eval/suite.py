@@ -184,7 +184,8 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
-def _looks_like_path(reference: str) -> bool:
+def is_file_reference(reference: str) -> bool:
+    """A suite's dataset is a file beside it when it looks like one; else a registry reference."""
     return reference.endswith((".jsonl", ".json")) or reference.startswith((".", "/"))
 
 
@@ -236,7 +237,7 @@ def load_suite(
     problems = _check_metrics(config, root, file, metric_runtime or {}, metric_policy)
     dataset_path: Path | None = None
     dataset_line = _node_line(root, ("dataset",))
-    if _looks_like_path(config.dataset):
+    if is_file_reference(config.dataset):
         dataset_path = (path.parent / config.dataset).resolve()
     elif resolve_dataset is None:
         problems.append(
