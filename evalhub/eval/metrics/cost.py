@@ -1,6 +1,7 @@
 """Cost in currency units: prompt and completion tokens times a per-model price table.
 
-Prices are per million tokens, e.g. {"gpt-x": {"prompt": 0.15, "completion": 0.60}}.
+Prices are per million tokens, e.g. {"gpt-x": {"prompt": 0.15, "completion": 0.60}}; the formula
+is `monitors.cost`'s, the one the gateway's traffic records use.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from evalhub.eval.metrics._base import Metric, ScoringContext
 from evalhub.eval.metrics._records import aligned_records
 from evalhub.eval.metrics._registry import register_metric
 from evalhub.eval.record import Aggregate, Score
+from monitors.cost import check_prices, price_for, token_cost
 
 
 @register_metric("cost")
 def cost(prices: dict[str, dict[str, float]], model: str | None = None) -> Metric:
-    for name, price in prices.items():
-        if set(price) - {"prompt", "completion"}:
-            raise ValueError(f"price of {name!r} takes only 'prompt' and 'completion' keys")
+    check_prices(prices)
 
     def score(outputs: list[str], cases: list[Case], context: ScoringContext) -> list[Score]:
         scores = []
@@ -25,17 +25,14 @@ def cost(prices: dict[str, dict[str, float]], model: str | None = None) -> Metri
                 scores.append(Score(value=None, explanation="no generation record"))
                 continue
             name = model or record.model or ""
-            price = prices.get(name)
+            price = price_for(prices, name)
             if price is None:
                 known = ", ".join(sorted(prices)) or "none"
                 scores.append(Score(value=None, explanation=f"no price for {name!r} ({known})"))
                 continue
             prompt_tokens = record.prompt_tokens or 0
             completion_tokens = record.completion_tokens or 0
-            value = (
-                prompt_tokens * price.get("prompt", 0.0)
-                + completion_tokens * price.get("completion", 0.0)
-            ) / 1_000_000
+            value = token_cost(price, prompt_tokens, completion_tokens)
             scores.append(
                 Score(
                     value=value,
