@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,30 @@ def store(platform):  # type: ignore[no-untyped-def]
 # -- real tiny models ----------------------------------------------------------------------------
 
 
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]
+) -> Path:
+    """A directory built by the first test process that asks, and shared by the others.
+
+    Under pytest-xdist every worker has its own session; the models are the same bytes for all
+    of them (fixed seeds), so one builds and the rest wait on the lock and reuse the result.
+    """
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    target = root / "built-once" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if not (target.parent / f"{name}.done").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            build(target)
+            (target.parent / f"{name}.done").touch()
+    return target
+
+
 def save_tiny_llama(directory: Path, *, hidden: int = 64, seed: int = 0) -> Path:
     """A random-weight Llama small enough to save in milliseconds; real files, real shapes."""
     import torch
@@ -120,14 +145,15 @@ def save_lora_adapter(
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two bases of different widths and adapters on each; built once per session."""
-    root = tmp_path_factory.mktemp("models")
-    base = save_tiny_llama(root / "base", hidden=64)
-    wide = save_tiny_llama(root / "wide", hidden=96, seed=1)
-    return {
-        "base": base,
-        "base_copy": save_tiny_llama(root / "base_copy", hidden=64),
-        "wide": wide,
-        "adapter": save_lora_adapter(base, root / "adapter", base_name="tiny/1"),
-        "adapter2": save_lora_adapter(base, root / "adapter2", base_name="tiny/1", seed=2),
-        "wide_adapter": save_lora_adapter(wide, root / "wide_adapter", base_name="wide/1"),
-    }
+
+    def build(root: Path) -> None:
+        base = save_tiny_llama(root / "base", hidden=64)
+        wide = save_tiny_llama(root / "wide", hidden=96, seed=1)
+        save_tiny_llama(root / "base_copy", hidden=64)
+        save_lora_adapter(base, root / "adapter", base_name="tiny/1")
+        save_lora_adapter(base, root / "adapter2", base_name="tiny/1", seed=2)
+        save_lora_adapter(wide, root / "wide_adapter", base_name="wide/1")
+
+    root = built_once(tmp_path_factory, "models", build)
+    names = ("base", "base_copy", "wide", "adapter", "adapter2", "wide_adapter")
+    return {name: root / name for name in names}

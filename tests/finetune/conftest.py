@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import built_once
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -24,7 +26,7 @@ def one_thread() -> None:
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from evalhub.finetune.tiny import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-base"), seed=0)
+    return built_once(tmp_path_factory, "tiny-base", lambda root: build_tiny_model(root, seed=0))
 
 
 @pytest.fixture(scope="session")

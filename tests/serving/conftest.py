@@ -1,6 +1,6 @@
 """A real tiny Llama, real PEFT adapters on it, and a real local backend on a free port.
 
-Built once per session: the tiny base (about 6 s of pretraining on one thread) and three adapters;
+Built once per test run (shared by pytest-xdist workers): the tiny base (about 6 s of pretraining on one thread) and three adapters;
 the server runs uvicorn in a thread so the tests can also reach the engine it serves.
 """
 
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import built_once
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,22 +66,28 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
 
     from evalhub.finetune.tiny import build_tiny_model
 
-    root = tmp_path_factory.mktemp("serving-models")
-    base = build_tiny_model(root / "base", seed=0, hidden_size=64, pretrain_steps=150)
+    def build(root: Path) -> None:
+        base = build_tiny_model(root / "base", seed=0, hidden_size=64, pretrain_steps=150)
+
+        def fresh_base() -> object:
+            return AutoModelForCausalLM.from_pretrained(base)
+
+        config = LlamaConfig.from_pretrained(base)
+        config.hidden_size, config.intermediate_size = 96, 192
+        save_adapter(fresh_base(), root / "adapters" / "alpha", seed=1)
+        save_adapter(fresh_base(), root / "adapters" / "beta", seed=2)
+        save_adapter(LlamaForCausalLM(config), root / "adapters" / "wide", seed=3)
+        save_adapter(fresh_base(), root / "outside" / "gamma", seed=4)
+
+    root = built_once(tmp_path_factory, "serving-models", build)
     adapter_root = root / "adapters"
-
-    def fresh_base() -> object:
-        return AutoModelForCausalLM.from_pretrained(base)
-
-    config = LlamaConfig.from_pretrained(base)
-    config.hidden_size, config.intermediate_size = 96, 192
     return Models(
-        base=base,
+        base=root / "base",
         adapter_root=adapter_root,
-        alpha=save_adapter(fresh_base(), adapter_root / "alpha", seed=1),
-        beta=save_adapter(fresh_base(), adapter_root / "beta", seed=2),
-        wide=save_adapter(LlamaForCausalLM(config), adapter_root / "wide", seed=3),
-        outside=save_adapter(fresh_base(), root / "outside" / "gamma", seed=4),
+        alpha=adapter_root / "alpha",
+        beta=adapter_root / "beta",
+        wide=adapter_root / "wide",
+        outside=root / "outside" / "gamma",
     )
 
 
