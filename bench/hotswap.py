@@ -40,7 +40,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from evalhub.serving.local_server import create_local_app
+from evalhub.serving.local.server import create_local_app
 
 if TYPE_CHECKING:
     from evalhub.client import Client
@@ -247,7 +247,7 @@ def totals(counts: list[dict[str, int]]) -> dict[str, int]:
 
 @contextmanager
 def local_server(base: Path) -> Iterator[str]:
-    from evalhub.serving.local import LocalEngine
+    from evalhub.serving.local.engine import LocalEngine
 
     engine = LocalEngine(base)
     sock = socket.socket()

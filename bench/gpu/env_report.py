@@ -40,7 +40,7 @@ MODULES = (
     "galore_torch",
     "pydantic",
     "evalhub.finetune.trainer",
-    "evalhub.serving.local",
+    "evalhub.serving.local.engine",
 )
 
 

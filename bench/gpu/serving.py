@@ -97,7 +97,7 @@ def open_engine(
     chosen: Profile, directory: Path, adapters: dict[str, Path]
 ) -> tuple[Any, dict[str, Any]]:
     """A LocalEngine on `directory` with `adapters` loaded; its load times and resident memory."""
-    from evalhub.serving.local import LocalEngine
+    from evalhub.serving.local.engine import LocalEngine
 
     gpubench.free_memory()
     started = time.perf_counter()
@@ -117,7 +117,7 @@ def serve(
     engine: Any, chosen: Profile, requests: list[Request]
 ) -> tuple[list[str], dict[str, Any]]:
     """Greedy answers to `requests` one after another, each on its adapter; outputs and stats."""
-    from evalhub.serving.generation import GenerationRequest, SamplingParams
+    from evalhub.serving.local.generation import GenerationRequest, SamplingParams
 
     sampling = SamplingParams(max_tokens=chosen.serve_max_tokens, temperature=0.0)
     outputs: list[str] = []
@@ -188,7 +188,7 @@ def run(deadline: Deadline, path: Path) -> dict[str, Any]:
     report: dict[str, Any] = {
         "profile": chosen.name,
         "device": chosen.device,
-        "engine": "evalhub.serving.local.LocalEngine (bf16 on CUDA, float32 on CPU)",
+        "engine": "evalhub.serving.local.engine.LocalEngine (bf16 on CUDA, float32 on CPU)",
         "adapters": chosen.adapters,
         "lora": {"rank": LORA_RANK, "targets": "all-linear + lm_head", "init": "random A and B"},
         "max_tokens": chosen.serve_max_tokens,

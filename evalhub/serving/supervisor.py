@@ -43,7 +43,7 @@ class ProcessSpec:
 
 def local_backend_spec(name: str, model_dir: Path, served_name: str, port: int) -> ProcessSpec:
     command = [
-        sys.executable, "-m", "evalhub.serving.local_server",
+        sys.executable, "-m", "evalhub.serving.local.server",
         "--model", str(model_dir), "--served-model-name", served_name,
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
     ]  # fmt: skip

@@ -129,7 +129,9 @@ def test_modules_the_operator_allows_load_over_the_api(tmp_path: Path, database_
             refused = client.post(f"{API}/evals", headers=editor, json=body(imported))
             assert refused.status_code == 400, refused.text
             assert "not a metric factory defined in" in refused.json()["error"]["message"]
-            elsewhere = client.post(f"{API}/evals", headers=editor, json=body({"name": "os:system"}))
+            elsewhere = client.post(
+                f"{API}/evals", headers=editor, json=body({"name": "os:system"})
+            )
             assert elsewhere.status_code == 400
     finally:
         platform.close()

@@ -93,7 +93,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
 
 @pytest.fixture(scope="session")
 def engine(models: Models):  # type: ignore[no-untyped-def]
-    from evalhub.serving.local import LocalEngine
+    from evalhub.serving.local.engine import LocalEngine
 
     # CPU float32 everywhere: the greedy answers are compared with a float32 reference.
     engine = LocalEngine(models.base, device="cpu", allowed_root=models.adapter_root)
@@ -113,7 +113,7 @@ def free_socket() -> socket.socket:
 def base_url(engine) -> Iterator[str]:  # type: ignore[no-untyped-def]
     import uvicorn
 
-    from evalhub.serving.local_server import create_local_app
+    from evalhub.serving.local.server import create_local_app
 
     sock = free_socket()
     port = sock.getsockname()[1]

@@ -299,7 +299,7 @@ def test_unavailable_backends_answer_503_and_failover_uses_control(
     port = free_port()
     server = subprocess.Popen(
         [
-            sys.executable, "-m", "evalhub.serving.local_server", "--model", str(models.base),
+            sys.executable, "-m", "evalhub.serving.local.server", "--model", str(models.base),
             "--served-model-name", "tiny/1", "--port", str(port), "--log-level", "warning",
         ],
         env={**os.environ, "OMP_NUM_THREADS": "1"},

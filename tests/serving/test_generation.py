@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evalhub.serving.generation import (
+from evalhub.serving.local.generation import (
     GenerationChunk,
     GenerationRequest,
     collect,

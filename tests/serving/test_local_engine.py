@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evalhub.serving.errors import ServingError
-from evalhub.serving.generation import GenerationRequest, SamplingParams
+from evalhub.serving.local.errors import ServingError
+from evalhub.serving.local.generation import GenerationRequest, SamplingParams
 from tests.serving.conftest import Models
 
 
@@ -17,7 +17,7 @@ def greedy(engine, adapter: str | None) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_unloading_the_active_adapter_and_then_all_keeps_every_answer(models: Models) -> None:
-    from evalhub.serving.local import LocalEngine
+    from evalhub.serving.local.engine import LocalEngine
 
     engine = LocalEngine(models.base, device="cpu")
     base = greedy(engine, None)

@@ -229,7 +229,7 @@ def test_main_serves_a_model_and_adapters_from_the_command_line(models: Models) 
     command = [
         sys.executable,
         "-m",
-        "evalhub.serving.local_server",
+        "evalhub.serving.local.server",
         "--model",
         str(models.base),
         "--served-model-name",

@@ -99,8 +99,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmStack]:
 
 
 def test_vllm_answers_equal_the_local_backend(stack: VllmStack) -> None:
-    from evalhub.serving.generation import GenerationRequest, SamplingParams
-    from evalhub.serving.local import LocalEngine
+    from evalhub.serving.local.engine import LocalEngine
+    from evalhub.serving.local.generation import GenerationRequest, SamplingParams
 
     base_dir = Path(stack.api.get("/resolve", ref="tiny/1")["source"])
     engine = LocalEngine(base_dir, device="cpu")

@@ -25,8 +25,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from evalhub.serving.errors import ServingError, bad_request, model_not_found, not_found
-from evalhub.serving.generation import (
+from evalhub.serving.local.errors import ServingError, bad_request, model_not_found, not_found
+from evalhub.serving.local.generation import (
     FinishReason,
     GenerationChunk,
     GenerationRequest,

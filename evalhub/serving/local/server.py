@@ -1,6 +1,6 @@
 """The local backend's HTTP face: the OpenAI API plus vLLM's adapter admin API over a LocalEngine.
 
-Run: python -m evalhub.serving.local_server --model DIR --served-model-name NAME --port 8001 \
+Run: python -m evalhub.serving.local.server --model DIR --served-model-name NAME --port 8001 \
         [--adapter name=path ...] [--allowed-adapter-root DIR]
 
 Decoding runs in a worker thread per request that feeds an asyncio queue, so the event loop stays
@@ -24,9 +24,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from evalhub.serving.errors import ServingError, bad_request, model_not_found
-from evalhub.serving.generation import GenerationChunk, GenerationRequest, SamplingParams
-from evalhub.serving.protocol import (
+from evalhub.serving.local.errors import ServingError, bad_request, model_not_found
+from evalhub.serving.local.generation import GenerationChunk, GenerationRequest, SamplingParams
+from evalhub.serving.local.protocol import (
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -50,7 +50,7 @@ from evalhub.serving.protocol import (
 )
 
 if TYPE_CHECKING:
-    from evalhub.serving.local import LocalEngine
+    from evalhub.serving.local.engine import LocalEngine
 
 _END = object()
 
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     parser = argparse.ArgumentParser(
-        prog="python -m evalhub.serving.local_server",
+        prog="python -m evalhub.serving.local.server",
         description="Serve a base model and its LoRA adapters with the OpenAI and vLLM admin APIs.",
     )
     parser.add_argument("--model", required=True, type=Path, help="base model directory")
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
 
-    from evalhub.serving.local import LocalEngine
+    from evalhub.serving.local.engine import LocalEngine
 
     engine = LocalEngine(
         args.model,
