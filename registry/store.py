@@ -8,7 +8,6 @@ Listeners see each mutation inside that transaction; evalhub writes its audit lo
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -19,7 +18,7 @@ from sqlalchemy import Engine, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from registry import queries
+from registry import json_limits, queries
 from registry.artifacts import ArtifactStore, StoredBlob, StoredTree, digest_file
 from registry.db import writer
 from registry.entities import (
@@ -892,8 +891,8 @@ def check_jsonl(path: Path, dataset_format: DatasetFormat, label: str | None = N
             if not raw.strip():
                 continue
             try:
-                record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                record = json_limits.loads(raw)
+            except (ValueError, UnicodeDecodeError) as error:
                 raise invalid(f"{name}:{number}: not valid JSON ({error})") from error
             if not isinstance(record, dict):
                 raise invalid(f"{name}:{number}: each line must be a JSON object")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from evalhub.eval.case import Case, Message, render_messages
 from evalhub.eval.metric_policy import LOCAL, MetricPolicy
+from registry import json_limits
 
 MAX_PROBLEMS = 50
 
@@ -340,9 +341,10 @@ def load_cases(path: str | Path) -> tuple[list[Case], str]:
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
-        except json.JSONDecodeError as error:
-            problems.append(Problem(file=file, line=number, message=f"bad JSON: {error.msg}"))
+            data = json_limits.loads(line)
+        except ValueError as error:
+            message = error.msg if isinstance(error, json.JSONDecodeError) else str(error)
+            problems.append(Problem(file=file, line=number, message=f"bad JSON: {message}"))
             continue
         if not isinstance(data, dict):
             problems.append(Problem(file=file, line=number, message="a case is a JSON object"))

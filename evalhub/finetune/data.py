@@ -9,7 +9,6 @@ context, because the trainer would otherwise have to cut them.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import Counter
 from itertools import pairwise
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from registry import json_limits
 
 ROLES = ("system", "user", "assistant", "tool")
 EXAMPLE_KEYS = {"messages", "tools", "functions", "parallel_tool_calls"}
@@ -176,8 +177,8 @@ def validate_chat_file(
                 continue
             n_examples += 1
             try:
-                example = json.loads(line)
-            except json.JSONDecodeError as error:
+                example = json_limits.loads(line)
+            except ValueError as error:
                 errors.append(Issue(line=line_number, type="invalid_json", message=str(error)))
                 continue
             problems = check_example(example)

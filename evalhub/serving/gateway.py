@@ -36,15 +36,19 @@ from evalhub.serving.deployments import Arm, Deployment, DeploymentService
 from evalhub.serving.identity import identity_adapter
 from evalhub.serving.routing import pick_arm
 from evalhub.serving.traffic import TrafficLog
+from evalhub.serving.traffic_record import RequestContext
+from monitors.cost import price_for, token_cost
 from registry.entities import ModelKind, ModelVersion
 from registry.errors import RegistryError
 from registry.names import parse_ref
-from registry.tables import utcnow
 
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 0.5
 USER_HEADER = "x-evalhub-user"
+# OpenAI's limits for a model id and an end-user id; longer ones are refused, not clipped.
+MAX_MODEL_CHARS = 256
+MAX_USER_CHARS = 256
 
 
 class GatewayError(Exception):
@@ -80,6 +84,37 @@ def model_not_found(model: str) -> GatewayError:
 
 def unavailable(message: str) -> GatewayError:
     return GatewayError(503, message, "service_unavailable", "backend_unavailable")
+
+
+def invalid_request(message: str, code: str, param: str | None = None) -> GatewayError:
+    return GatewayError(400, message, "invalid_request_error", code, param)
+
+
+def _check_lengths(model: str, user: Any) -> GatewayError | None:
+    """OpenAI refuses over-long ids with a 400 naming the parameter; so does the gateway."""
+    if len(model) > MAX_MODEL_CHARS:
+        return invalid_request(
+            f"model is {len(model)} characters long; the most is {MAX_MODEL_CHARS}",
+            "string_above_max_length",
+            "model",
+        )
+    if user is not None and not isinstance(user, str):
+        return invalid_request("user must be a string", "invalid_type", "user")
+    if user is not None and len(user) > MAX_USER_CHARS:
+        return invalid_request(
+            f"user is {len(user)} characters long; the most is {MAX_USER_CHARS}",
+            "string_above_max_length",
+            "user",
+        )
+    return None
+
+
+def _at(context: RequestContext, route: Route) -> None:
+    """The request's context learns where it was routed (again, after a failover)."""
+    context.deployment = route.deployment.name if route.deployment else None
+    context.arm = route.arm.name if route.arm else None
+    context.version = route.version.ref
+    context.digest = route.version.digest
 
 
 @dataclass
@@ -142,7 +177,7 @@ class Gateway:
         self.backends = backends
         self.deployments = DeploymentService(platform)
         self.traffic = TrafficLog(
-            platform.engine, spill=platform.settings.home / "traffic-spill.jsonl"
+            platform.engine, platform.settings.home / "traffic-journal", metrics=metrics
         )
         self.adapter_idle_seconds = adapter_idle_seconds
         self._session: aiohttp.ClientSession | None = None
@@ -353,32 +388,22 @@ class Gateway:
 
     async def handle(self, endpoint: str, body: dict[str, Any], headers: Any) -> Response:
         """`endpoint` is "chat/completions" or "completions"."""
-        started = time.perf_counter()
         request_id = f"req-{uuid.uuid4().hex}"
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            return GatewayError(400, "you must provide a model", "invalid_request_error",
-                                "missing_model", "model").response()  # fmt: skip
-        user = headers.get(USER_HEADER) or (
-            body.get("user") if isinstance(body.get("user"), str) else None
-        )
+            return invalid_request("you must provide a model", "missing_model", "model").response()
+        user = headers.get(USER_HEADER) or body.get("user")
+        refused = _check_lengths(model, user)
+        if refused is not None:
+            return refused.response({"X-Evalhub-Request-Id": request_id})
+        context = RequestContext(request_id, endpoint, body, model, user)
         try:
             route = await self.route(model, user)
         except GatewayError as error:
-            self._log(
-                request_id,
-                endpoint,
-                body,
-                model,
-                None,
-                user,
-                error.status,
-                started,
-                error=error.message,
-            )
+            self._log(context, error.status, error=error.message)
             return error.response({"X-Evalhub-Request-Id": request_id})
         try:
-            return await self._forward(request_id, endpoint, body, model, route, user, started)
+            return await self._forward(context, route)
         except (BackendUnavailable, GatewayError) as error:
             # An arm that cannot answer (backend down, adapter refused) may fail over; a bad
             # request would fail on the control arm too, so it does not.
@@ -398,33 +423,13 @@ class Gateway:
             ):
                 log.warning("failing over %s from arm %s: %s", request_id, arm.name, error)
                 fallback = await self.route(model, user, arm=control.name)
-                return await self._forward(
-                    request_id, endpoint, body, model, fallback, user, started
-                )
+                return await self._forward(context, fallback)
             failure = error if isinstance(error, GatewayError) else unavailable(str(error))
-            self._log(
-                request_id,
-                endpoint,
-                body,
-                model,
-                route,
-                user,
-                failure.status,
-                started,
-                error=failure.message,
-            )
+            self._log(context, failure.status, error=failure.message)
             return failure.response(self._headers(request_id, route))
 
-    async def _forward(
-        self,
-        request_id: str,
-        endpoint: str,
-        body: dict[str, Any],
-        model: str,
-        route: Route,
-        user: str | None,
-        started: float,
-    ) -> Response:
+    async def _forward(self, context: RequestContext, route: Route) -> Response:
+        _at(context, route)
         adapters = self._adapter_set(route.backend)
         try:
             served = await self.served_name(route)
@@ -432,6 +437,7 @@ class Gateway:
             raise GatewayError(
                 400, str(error), "invalid_request_error", "adapter_not_loadable"
             ) from error
+        body = context.body
         stream = bool(body.get("stream"))
         payload = {**body, "model": served}
         if stream:
@@ -440,6 +446,7 @@ class Gateway:
                 "include_usage": True,
             }
         replicas = self._replicas(route.backend)
+        endpoint = context.endpoint
         adapters.acquire(served)
         try:
             reply = await self._post(route.backend.name, replicas, endpoint, payload)
@@ -466,10 +473,10 @@ class Gateway:
             raise BackendUnavailable(
                 f"backend {route.backend.name!r} failed ({reply.status}): {text[:300]}"
             )
-        headers = self._headers(request_id, route)
+        headers = self._headers(context.request_id, route)
         if stream and reply.status == 200:
             return StreamingResponse(
-                self._relay(reply, request_id, endpoint, body, model, route, user, started, served),
+                self._relay(reply, context, route, served),
                 media_type="text/event-stream",
                 headers=headers,
             )
@@ -487,24 +494,12 @@ class Gateway:
             message = (
                 (data or {}).get("error", {}).get("message") if isinstance(data, dict) else None
             )
-            self._log(
-                request_id,
-                endpoint,
-                body,
-                model,
-                route,
-                user,
-                status,
-                started,
-                error=message or raw[:300].decode(errors="replace"),
-            )
+            error = message or raw[:300].decode(errors="replace")
+            self._log(context, status, error=str(error))
             return Response(raw, status_code=status, media_type="application/json", headers=headers)
-        data["model"] = model
-        usage = data.get("usage") or {}
-        self._log(
-            request_id, endpoint, body, model, route, user, status, started,
-            text=_text_of(data), usage=usage,
-        )  # fmt: skip
+        data["model"] = context.model
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        self._log(context, status, text=_text_of(data), usage=usage, route=route)
         return Response(
             json.dumps(data), status_code=status, media_type="application/json", headers=headers
         )
@@ -524,32 +519,35 @@ class Gateway:
         )
 
     async def _relay(
-        self,
-        reply: aiohttp.ClientResponse,
-        request_id: str,
-        endpoint: str,
-        body: dict[str, Any],
-        model: str,
-        route: Route,
-        user: str | None,
-        started: float,
-        served: str,
+        self, reply: aiohttp.ClientResponse, context: RequestContext, route: Route, served: str
     ) -> AsyncIterator[bytes]:
+        """Relays the backend's events; the record is journaled before the client sees the end."""
+        body = context.body
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         parts: list[str] = []
         usage: dict[str, Any] = {}
         first_token: float | None = None
-        status, error = 200, None
+        logged = False
+
+        def finish(status: int = 200, error: str | None = None) -> None:
+            nonlocal logged
+            if not logged:
+                logged = True
+                ttft = (first_token - context.started) * 1000 if first_token is not None else None
+                self._log(context, status, text="".join(parts), usage=usage, ttft_ms=ttft,
+                          error=error, route=route)  # fmt: skip
+
         try:
             async for line in reply.content:
                 if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
                 if data == b"[DONE]":
+                    finish()
                     yield b"data: [DONE]\n\n"
                     continue
                 chunk = json.loads(data)
-                chunk["model"] = model
+                chunk["model"] = context.model
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                     if not wants_usage and not chunk.get("choices"):
@@ -563,15 +561,11 @@ class Gateway:
                     parts.append(text)
                 yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
         except (aiohttp.ClientError, TimeoutError) as failure:
-            status, error = 503, f"backend stream broke: {failure}"
+            finish(503, f"backend stream broke: {failure}")
         finally:
             reply.release()
             self._adapter_set(route.backend).release(served)
-            ttft = (first_token - started) * 1000 if first_token is not None else None
-            self._log(
-                request_id, endpoint, body, model, route, user, status, started,
-                text="".join(parts), usage=usage, ttft_ms=ttft, error=error,
-            )  # fmt: skip
+            finish()
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -589,65 +583,28 @@ class Gateway:
 
     def _log(
         self,
-        request_id: str,
-        endpoint: str,
-        body: dict[str, Any],
-        model: str,
-        route: Route | None,
-        user: str | None,
+        context: RequestContext,
         status: int,
-        started: float,
         *,
+        route: Route | None = None,
         text: str | None = None,
         usage: dict[str, Any] | None = None,
         ttft_ms: float | None = None,
         error: str | None = None,
     ) -> None:
-        latency = time.perf_counter() - started
-        deployment = route.deployment.name if route and route.deployment else None
-        arm = route.arm.name if route and route.arm else None
-        labels = (deployment or "-", arm or "-")
+        """Counts the request and journals its record: done before the client has the answer."""
+        labels = (context.deployment or "-", context.arm or "-")
         self.requests.labels(*labels, str(status)).inc()
-        self.latency.labels(*labels).observe(latency)
+        self.latency.labels(*labels).observe(context.seconds)
         if status >= 500:
             self.errors.labels(*labels).inc()
-        usage = usage or {}
-        prompt_tokens = usage.get("prompt_tokens")
-        completion_tokens = usage.get("completion_tokens")
-        self.traffic.record(
-            {
-                "id": request_id,
-                "created_at": utcnow(),
-                "deployment": deployment,
-                "arm": arm,
-                "model": model,
-                "version": route.version.ref if route else None,
-                "digest": route.version.digest if route else None,
-                "user": user,
-                "endpoint": endpoint.replace("/", "."),
-                "request": body,
-                "response_text": text,
-                "status": status,
-                "error": error,
-                "stream": bool(body.get("stream")),
-                "latency_ms": round(latency * 1000, 3),
-                "ttft_ms": round(ttft_ms, 3) if ttft_ms is not None else None,
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "cost": self._cost(route, prompt_tokens, completion_tokens),
-            }
-        )
-
-    def _cost(
-        self, route: Route | None, prompt: int | None, completion: int | None
-    ) -> float | None:
-        prices: dict[str, dict[str, float]] = getattr(self.platform.settings, "prices", None) or {}
-        if route is None or prompt is None or completion is None:
-            return None
-        price = prices.get(route.version.model) or prices.get(route.version.ref)
-        if not price:
-            return None
-        return (prompt * price.get("prompt", 0) + completion * price.get("completion", 0)) / 1e6
+        record = context.record(status, text=text, usage=usage, ttft_ms=ttft_ms, error=error)
+        if route is not None and record.prompt_tokens is not None:
+            price = price_for(self.platform.settings.prices, route.version.model, route.version.ref)
+            if price is not None:
+                cost = token_cost(price, record.prompt_tokens, record.completion_tokens or 0)
+                record = record.model_copy(update={"cost": cost})
+        self.traffic.record(record)
 
     async def _sweep_forever(self) -> None:
         """Preloads what arms point at (so a moved alias is warm) and unloads what nothing uses."""

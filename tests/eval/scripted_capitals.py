@@ -1,6 +1,6 @@
 """The scripted target for platform tests: a fake model per name answering the capitals suite.
 
-Served by tests/eval/conftest.py's ScriptedServer (a real OpenAI-compatible HTTP server on
+Served by tests/scripted_server.py's ScriptedServer (a real OpenAI-compatible HTTP server on
 127.0.0.1), so the platform, the runner and the `openai` client run end to end.
 """
 

@@ -15,8 +15,8 @@ from evalhub.auth.tokens import create_token
 from evalhub.eval.service import eval_handler
 from evalhub.jobs.worker import Worker
 from evalhub.platform import Platform
-from tests.eval.conftest import ScriptedServer
 from tests.eval.scripted_capitals import N_CASES, SUITE, request_body, scripted_capitals
+from tests.scripted_server import ScriptedServer
 
 API = "/api/v1"
 

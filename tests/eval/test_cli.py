@@ -17,8 +17,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from evalhub.child_server import child_server
-from tests.eval.conftest import ScriptedServer
 from tests.eval.scripted_capitals import N_CASES, SUITE, scripted_capitals
+from tests.scripted_server import ScriptedServer
 
 SECRET = "sk-scripted-secret-0123456789"
 

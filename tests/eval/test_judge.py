@@ -10,7 +10,7 @@ import pytest
 from evalhub.eval import Case, InMemoryCache, create_metric
 from evalhub.eval.metrics import ScoringContext
 from evalhub.eval.metrics.llm_judge import parse_rubric, parse_verdict
-from tests.eval.conftest import ScriptedServer
+from tests.scripted_server import ScriptedServer
 
 _PAIR = re.compile(r"Response A:\n(.*?)\n\nResponse B:\n(.*?)\n\n", re.DOTALL)
 

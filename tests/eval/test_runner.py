@@ -25,7 +25,7 @@ from evalhub.eval import (
     run_suite,
     save_run,
 )
-from tests.eval.conftest import ScriptedServer, write_suite
+from tests.scripted_server import ScriptedServer, write_suite
 
 N_CASES = 40
 

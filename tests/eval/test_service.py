@@ -17,8 +17,8 @@ from evalhub.jobs.queue import JobStatus
 from evalhub.jobs.worker import JobContext, Worker
 from evalhub.platform import Platform
 from registry.errors import RegistryError
-from tests.eval.conftest import ScriptedServer
 from tests.eval.scripted_capitals import N_CASES, request_body, scripted_capitals
+from tests.scripted_server import ScriptedServer
 
 
 def run_queued_job(platform: Platform) -> None:

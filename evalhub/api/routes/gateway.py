@@ -6,20 +6,20 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from evalhub.api.deps import PlatformDep, Viewer
 from evalhub.serving.gateway import Gateway, GatewayError
+from registry import json_limits
 
 router = APIRouter(prefix="/v1", tags=["gateway"])
 
 
 async def _body(request: Request) -> dict[str, Any]:
     try:
-        body = json.loads(await request.body())
+        body = json_limits.loads(await request.body())
     except ValueError as error:
         raise GatewayError(
             400, f"the body is not JSON: {error}", "invalid_request_error", "invalid_json"

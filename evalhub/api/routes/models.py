@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
@@ -10,6 +9,7 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from evalhub.api.deps import Admin, Editor, PlatformDep, Viewer
 from evalhub.api.routes.uploads import uploaded_directory
 from evalhub.api.schemas import ModelCreate, ModelUpdate, VersionUpdate
+from registry import json_limits
 from registry.entities import (
     Lineage,
     LineageInput,
@@ -140,8 +140,8 @@ def _json_form(field: str, value: str | None, kind: type) -> Any:
     if value is None or value == "":
         return None
     try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as error:
+        parsed = json_limits.loads(value)
+    except ValueError as error:
         raise invalid(f"form field {field!r} is not valid JSON: {error}") from error
     if not isinstance(parsed, kind):
         raise invalid(f"form field {field!r} must be a JSON {kind.__name__}")

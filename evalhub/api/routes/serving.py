@@ -15,7 +15,8 @@ from evalhub.serving.deployments import (
     DeploymentUpdate,
     RolloutAction,
 )
-from evalhub.serving.traffic import TrafficRecord, search_traffic
+from evalhub.serving.traffic import search_traffic
+from evalhub.serving.traffic_record import TrafficRecord
 from registry.entities import Page
 
 router = APIRouter()
