@@ -8,6 +8,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.limits import Int64
+
 T = TypeVar("T")
 
 
@@ -152,11 +154,15 @@ class Lineage(Entity):
 class LineageInput(BaseModel):
     """What a caller knows about how an adapter or model was made."""
 
-    dataset: str | None = Field(default=None, description="dataset version ref, e.g. chats/2")
-    training_job: str | None = None
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str | None = Field(
+        default=None, max_length=128, description="dataset version ref, e.g. chats/2"
+    )
+    training_job: str | None = Field(default=None, max_length=128)
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    seed: int | None = None
-    code_version: str | None = None
+    seed: Int64 | None = None
+    code_version: str | None = Field(default=None, max_length=128)
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 

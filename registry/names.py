@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from registry.errors import invalid
+from registry.limits import MAX_INT64
 
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,127}"
 ALIAS_PATTERN = r"[a-z][a-z0-9_-]{0,63}"
@@ -58,6 +59,6 @@ def parse_ref(ref: str) -> Ref:
             "or 'name@alias'"
         )
     version = match["version"]
-    if version is not None and int(version) < 1:
-        raise invalid(f"invalid reference {ref!r}: versions are numbered from 1")
+    if version is not None and not 1 <= int(version) <= MAX_INT64:
+        raise invalid(f"invalid reference {ref!r}: versions are numbered from 1 to {MAX_INT64}")
     return Ref(match["name"], int(version) if version else None, match["alias"])

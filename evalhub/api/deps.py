@@ -5,12 +5,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from evalhub.auth.tokens import Principal, Role
 from evalhub.platform import Platform
 from registry.errors import ErrorCode, RegistryError
+from registry.limits import MAX_INT64
+
+# Parameters that many routes share, with their limits in the schema.
+Limit = Annotated[int, Query(ge=1, le=1000, description="Most items in one page.")]
+VersionPath = Annotated[int, Path(ge=1, le=MAX_INT64, description="A version number.")]
+EventsAfter = Annotated[
+    int | None, Query(ge=0, le=MAX_INT64, description="Only events after this id.")
+]
 
 bearer = HTTPBearer(auto_error=False, description="An API token from `evalhub token create`.")
 

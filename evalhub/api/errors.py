@@ -7,16 +7,21 @@ everything else answers evalhub's `{"error": {"code", "message"}}`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.errors import ErrorCode, RegistryError
 
 OPENAI_PREFIX = "/v1/"
+
+log = logging.getLogger(__name__)
 
 STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.INVALID_ARGUMENT: 400,
@@ -112,4 +117,37 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = CODE_BY_STATUS.get(error.status_code, ErrorCode.INTERNAL)
-        return error_response(error.status_code, code, str(error.detail), request=request)
+        response = error_response(error.status_code, code, str(error.detail), request=request)
+        if error.headers:
+            response.headers.update(error.headers)  # `Allow` on 405
+        return response
+
+    # Below the routes: a model built from request data, a value the database will not hold, a
+    # number or document past what Python handles. Bad input all, never a 500.
+    @app.exception_handler(ValidationError)
+    async def _model_error(request: Request, error: ValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{_field(item.get('loc', ())) or 'value'}: {item.get('msg')}"
+            for item in error.errors()
+        )
+        return error_response(422, ErrorCode.INVALID_ARGUMENT, problems, request=request)
+
+    @app.exception_handler(DataError)
+    async def _data_error(request: Request, error: DataError) -> JSONResponse:
+        reason = str(error.orig).splitlines()[0] if error.orig is not None else "out of range"
+        message = f"a value does not fit its field ({reason}); send a shorter or smaller one"
+        return error_response(422, ErrorCode.INVALID_ARGUMENT, message, request=request)
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(RecursionError)
+    async def _too_big(request: Request, error: Exception) -> JSONResponse:
+        message = f"a value is too large or nested too deep: {error}"
+        return error_response(422, ErrorCode.INVALID_ARGUMENT, message, request=request)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error answering %s %s", request.method, request.url.path)
+        return error_response(
+            500, ErrorCode.INTERNAL, "internal error; the server log has the details",
+            request=request,
+        )  # fmt: skip

@@ -4,44 +4,61 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from evalhub.auth.tokens import Role, TokenInfo
 from registry.entities import DatasetFormat, DatasetVersion, ModelKind, VersionStatus
+from registry.limits import Description, Reason, Tags, VersionNumber
+from registry.names import NAME_PATTERN
+
+STRICT = ConfigDict(extra="forbid")
+NAME_RULE = f"matches {NAME_PATTERN}; others are refused with 400 and the rule"
 
 
 class ModelCreate(BaseModel):
-    name: str = Field(description="[a-z0-9][a-z0-9._-]{0,127}")
+    model_config = STRICT
+
+    name: str = Field(max_length=128, description=NAME_RULE)
     kind: ModelKind
-    description: str = ""
-    tags: dict[str, str] = Field(default_factory=dict)
+    description: Description = ""
+    tags: Tags = Field(default_factory=dict)
 
 
 class ModelUpdate(BaseModel):
-    description: str | None = None
-    tags: dict[str, str] | None = None
+    model_config = STRICT
+
+    description: Description | None = None
+    tags: Tags | None = None
 
 
 class VersionUpdate(BaseModel):
-    description: str | None = None
-    tags: dict[str, str] | None = None
+    model_config = STRICT
+
+    description: Description | None = None
+    tags: Tags | None = None
     status: VersionStatus | None = None
     metrics: dict[str, Any] | None = None
 
 
 class AliasSet(BaseModel):
-    version: int = Field(ge=1)
-    reason: str = ""
+    model_config = STRICT
+
+    version: VersionNumber
+    reason: Reason = ""
 
 
 class AliasRollback(BaseModel):
-    reason: str = ""
+    model_config = STRICT
+
+    reason: Reason = ""
 
 
 class DatasetCreate(BaseModel):
-    name: str
-    description: str = ""
-    tags: dict[str, str] = Field(default_factory=dict)
+    model_config = STRICT
+
+    name: str = Field(max_length=128, description=NAME_RULE)
+    description: Description = ""
+    tags: Tags = Field(default_factory=dict)
 
 
 class DatasetVersionCreated(BaseModel):
@@ -50,7 +67,9 @@ class DatasetVersionCreated(BaseModel):
 
 
 class TokenCreate(BaseModel):
-    name: str
+    model_config = STRICT
+
+    name: str = Field(max_length=128, description=NAME_RULE)
     role: Role = Role.VIEWER
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
 from evalhub.audit import record_mutation
@@ -29,17 +29,38 @@ from registry.names import check_name
 BackendKind = Literal["local", "vllm"]
 
 
+class BackendOptions(BaseModel):
+    """What a request may set on a backend; the command line itself is the operator's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    port: int | None = Field(default=None, ge=1024, le=65535, description="first replica's port")
+    max_loras: int | None = Field(default=None, ge=1, le=256)
+    max_lora_rank: int | None = Field(default=None, ge=1, le=1024)
+    max_cpu_loras: int | None = Field(default=None, ge=1, le=4096)
+    args: list[str] | None = Field(
+        default=None, max_length=64, description="more vLLM arguments: sizes and switches"
+    )
+    served_model_name: str | None = Field(
+        default=None, max_length=160, description="attached: the base model's name there"
+    )
+
+
 class BackendCreate(BaseModel):
-    name: str
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=128)
     kind: BackendKind = "local"
-    base: str = Field(description="the base model version it serves, e.g. tiny@production")
+    base: str = Field(
+        max_length=256, description="the base model version it serves, e.g. tiny@production"
+    )
     managed: bool = Field(default=True, description="evalhub starts and supervises the process")
     replicas: int = Field(default=1, ge=1, le=16, description="managed: processes to start")
     url: str | None = Field(default=None, description="for managed=false: the server's base URL")
     urls: list[str] | None = Field(
         default=None, description="for managed=false: several replicas' base URLs"
     )
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: BackendOptions = Field(default_factory=BackendOptions)
 
 
 class Backend(BaseModel):
@@ -76,6 +97,9 @@ class BackendService:
 
     def create(self, body: BackendCreate, *, actor: str) -> Backend:
         check_name(body.name, "backend")
+        options = body.options.model_dump(exclude_none=True)
+        if "args" in options:
+            check_vllm_args(options["args"])
         with Session(self.platform.engine) as session:
             if session.exec(select(BackendRow).where(BackendRow.name == body.name)).first():
                 raise already_exists(f"backend {body.name!r} already exists")
@@ -90,14 +114,14 @@ class BackendService:
             if body.url or body.urls:
                 raise invalid("a managed backend gets its URLs from evalhub; omit 'url' and 'urls'")
             urls = self._start(
-                body.name, body.kind, version.digest, served_name, body.options, body.replicas
+                body.name, body.kind, version.digest, served_name, options, body.replicas
             )
         else:
             given = body.urls or ([body.url] if body.url else [])
             if not given:
                 raise invalid("an attached backend (managed=false) needs its 'url' or 'urls'")
             urls = [normalise_url(url) for url in given]
-            served_name = body.options.get("served_model_name", served_name)
+            served_name = options.get("served_model_name", served_name)
             for url in urls:
                 self._check_serves(url, served_name)
         row = BackendRow(
@@ -108,7 +132,7 @@ class BackendService:
             base_ref=version.ref,
             base_digest=version.digest,
             served_name=served_name,
-            options=body.options,
+            options=options,
             created_by=actor,
         )
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
 from evalhub.audit import record_mutation
@@ -27,26 +27,35 @@ from registry.tables import utcnow
 Sticky = Literal["user", "header", "none"]
 
 
+STRICT = ConfigDict(extra="forbid")
+
+
 class Arm(BaseModel):
+    model_config = STRICT
+
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
-    model: str = Field(description="a model reference: bot@production, bot/4, bot")
+    model: str = Field(max_length=256, description="a model reference: bot@production, bot/4, bot")
     weight: float = Field(ge=0, le=100)
 
 
 class DeploymentCreate(BaseModel):
-    name: str
-    backend: str
+    model_config = STRICT
+
+    name: str = Field(max_length=128)
+    backend: str = Field(max_length=128)
     sticky: Sticky = Field(
         default="user",
         description="user: the request's `user` field or X-Evalhub-User header; header: only the "
         "header; none: every request drawn afresh",
     )
     failover: bool = Field(default=False, description="retry a failed request on the control arm")
-    arms: list[Arm]
+    arms: list[Arm] = Field(max_length=16)
 
 
 class DeploymentUpdate(BaseModel):
-    arms: list[Arm] | None = None
+    model_config = STRICT
+
+    arms: list[Arm] | None = Field(default=None, max_length=16)
     sticky: Sticky | None = None
     failover: bool | None = None
 
@@ -61,12 +70,21 @@ class Rollout(BaseModel):
 
 
 class RolloutAction(BaseModel):
+    model_config = STRICT
+
     action: Literal["start", "step", "pause", "resume", "abort"]
     steps: list[float] | None = Field(
-        default=None, description="candidate weights for start, e.g. [5, 25, 50, 100]"
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="candidate weights for start, e.g. [5, 25, 50, 100] (the default)",
     )
-    control: str | None = Field(default=None, description="arm name (default: the first arm)")
-    candidate: str | None = Field(default=None, description="arm name (default: the second)")
+    control: str | None = Field(
+        default=None, max_length=64, description="arm name (default: the first arm)"
+    )
+    candidate: str | None = Field(
+        default=None, max_length=64, description="arm name (default: the second)"
+    )
 
 
 class Deployment(BaseModel):
@@ -178,6 +196,13 @@ class DeploymentService:
                             ErrorCode.FAILED_PRECONDITION,
                             f"the rollout of {name!r} is paused; resume it before stepping",
                         )
+                    if state["index"] == len(state["steps"]) - 1:
+                        weight = state["steps"][-1]
+                        raise RegistryError(
+                            ErrorCode.FAILED_PRECONDITION,
+                            f"the rollout of {name!r} is complete: its last step ({weight:g}%) "
+                            "is in effect; start a new rollout to go further, or roll back",
+                        )
                     state["index"] += 1
             if body.action in ("start", "step"):
                 weight = state["steps"][state["index"]]
@@ -269,7 +294,7 @@ def _start_rollout(arms: list[dict[str, Any]], body: RolloutAction) -> dict[str,
     names = {arm["name"] for arm in arms}
     if control not in names or candidate not in names or control == candidate:
         raise invalid(f"control and candidate must be two different arms of {sorted(names)}")
-    steps = body.steps or [5, 25, 50, 100]
+    steps = body.steps if body.steps is not None else [5, 25, 50, 100]
     if any(not 0 < step <= 100 for step in steps) or steps != sorted(steps):
         raise invalid(f"rollout steps must rise within (0, 100], got {steps}")
     return {

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from evalhub.platform import Platform
 from evalhub.serving.backends import BackendCreate, BackendService
@@ -49,7 +50,6 @@ def test_the_vllm_command_is_a_setting(tmp_path: Path, model_dirs: dict[str, Pat
         ["--tokenizer=/srv/other-model"],
         ["--dtype", "../../x"],
         ["--max-model-len"],
-        "--trust-remote-code",
     ],
 )
 def test_a_request_cannot_hand_vllm_paths_or_remote_code(
@@ -83,3 +83,7 @@ def test_sizes_and_switches_are_accepted() -> None:
 
     args = ["--dtype", "float32", "--max-model-len=256", "--enforce-eager", "--seed", "7"]
     assert check_vllm_args(args) == args
+    with pytest.raises(ValidationError):
+        BackendCreate(name="b", base="tiny/1", options={"args": "--trust-remote-code"})
+    with pytest.raises(ValidationError):
+        BackendCreate(name="b", base="tiny/1", options={"port": "abc"})

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.responses import FileResponse
 
-from evalhub.api.deps import Editor, PlatformDep, Viewer
+from evalhub.api.deps import Editor, Limit, PlatformDep, VersionPath, Viewer
 from evalhub.api.routes.uploads import uploaded_file
 from evalhub.api.schemas import DatasetCreate, DatasetVersionCreated
 from registry.entities import Dataset, DatasetFormat, DatasetVersion, Page
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
-
-Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 @router.post("", status_code=201)
@@ -44,7 +42,7 @@ def add_dataset_version(
     response: Response,
     file: Annotated[UploadFile, File(description="a JSONL file")],
     format: Annotated[DatasetFormat, Form(description="chat or eval")] = DatasetFormat.CHAT,
-    split: Annotated[str | None, Form()] = None,
+    split: Annotated[str | None, Form(max_length=64)] = None,
     create: Annotated[bool, Form(description="create the dataset if it is missing")] = False,
 ) -> DatasetVersionCreated:
     """Store a JSONL file; the same content again answers 200 with the existing version."""
@@ -74,13 +72,15 @@ def list_dataset_versions(
 
 @router.get("/{name}/versions/{version}")
 def get_dataset_version(
-    name: str, version: int, platform: PlatformDep, _: Viewer
+    name: str, version: VersionPath, platform: PlatformDep, _: Viewer
 ) -> DatasetVersion:
     return platform.registry.get_dataset_version(name, version)
 
 
 @router.get("/{name}/versions/{version}/content", response_class=FileResponse)
-def get_dataset_content(name: str, version: int, platform: PlatformDep, _: Viewer) -> FileResponse:
+def get_dataset_content(
+    name: str, version: VersionPath, platform: PlatformDep, _: Viewer
+) -> FileResponse:
     entity = platform.registry.get_dataset_version(name, version)
     return FileResponse(
         platform.registry.dataset_path(entity.ref),

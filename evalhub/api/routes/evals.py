@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from evalhub.api.deps import Editor, PlatformDep, Viewer
+from evalhub.api.deps import Editor, EventsAfter, Limit, PlatformDep, Viewer
 from evalhub.eval.compare import Comparison
 from evalhub.eval.record import EvalRun
 from evalhub.eval.service import EvalRequest, EvalService, EvalStarted
@@ -16,8 +16,6 @@ from evalhub.jobs.queue import JobEvent
 from registry.entities import Page
 
 router = APIRouter(prefix="/evals", tags=["evals"])
-
-Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 class EvalImport(BaseModel):
@@ -83,7 +81,7 @@ def list_eval_cases(
 
 @router.get("/{run_id}/events")
 def list_eval_events(
-    run_id: str, platform: PlatformDep, _: Viewer, after: int | None = None
+    run_id: str, platform: PlatformDep, _: Viewer, after: EventsAfter = None
 ) -> list[JobEvent]:
     return EvalService(platform).events(run_id, after=after)
 

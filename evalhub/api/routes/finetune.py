@@ -25,11 +25,11 @@ router = APIRouter(prefix="/finetune", tags=["fine-tuning"])
 class EstimateRequest(BaseModel):
     model: str = Field(description="A model reference (name, name/3, name@alias)")
     method: str = "lora"
-    rank: int = Field(default=16, gt=0)
+    rank: int = Field(default=16, gt=0, le=4096)
     target_modules: str | list[str] = "all-linear"
     include_lm_head: bool = True
-    batch_size: int = Field(default=1, gt=0)
-    seq_len: int = Field(default=512, gt=0)
+    batch_size: int = Field(default=1, gt=0, le=65_536)
+    seq_len: int = Field(default=512, gt=0, le=1_048_576)
     dtype: str = "bfloat16"
     gradient_checkpointing: bool = False
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from pydantic import TypeAdapter
 
-from evalhub.api.deps import Admin, Editor, PlatformDep, Viewer
+from evalhub.api.deps import Admin, Editor, Limit, PlatformDep, VersionPath, Viewer
 from evalhub.api.routes.uploads import uploaded_directory
 from evalhub.api.schemas import ModelCreate, ModelUpdate, VersionUpdate
 from registry import json_limits
@@ -20,10 +21,11 @@ from registry.entities import (
     VersionStatus,
 )
 from registry.errors import invalid
+from registry.limits import Tags
 
 router = APIRouter(prefix="/models", tags=["models"])
 
-Limit = Annotated[int, Query(ge=1, le=1000)]
+_TAGS: TypeAdapter[dict[str, str]] = TypeAdapter(Tags)
 
 
 @router.post("", status_code=201)
@@ -75,14 +77,16 @@ def register_version(
     file: Annotated[UploadFile | None, File(description="tar or zip of the directory")] = None,
     path: Annotated[str | None, Form(description="server-side directory, if allowed")] = None,
     base: Annotated[str | None, Form(description="base version ref, for adapters")] = None,
-    description: Annotated[str, Form()] = "",
-    source: Annotated[str | None, Form(description="where the files came from, for people")] = None,
+    description: Annotated[str, Form(max_length=10_000)] = "",
+    source: Annotated[
+        str | None, Form(max_length=1_000, description="where the files came from, for people")
+    ] = None,
     tags: Annotated[str | None, Form(description="JSON object")] = None,
     lineage: Annotated[str | None, Form(description="JSON LineageInput")] = None,
 ) -> ModelVersion:
     """Register a model or PEFT adapter directory as the next version of `name`."""
     platform.registry.get_model(name)  # fail fast, before unpacking anything
-    parsed_tags = _json_form("tags", tags, dict) or {}
+    parsed_tags = _TAGS.validate_python(_json_form("tags", tags, dict) or {})
     parsed_lineage = LineageInput.model_validate(_json_form("lineage", lineage, dict) or {})
     with uploaded_directory(platform, file, path) as directory:
         return platform.registry.register_version(
@@ -112,13 +116,13 @@ def list_versions(
 
 
 @router.get("/{name}/versions/{version}")
-def get_version(name: str, version: int, platform: PlatformDep, _: Viewer) -> ModelVersion:
+def get_version(name: str, version: VersionPath, platform: PlatformDep, _: Viewer) -> ModelVersion:
     return platform.registry.get_version(name, version)
 
 
 @router.patch("/{name}/versions/{version}")
 def update_version(
-    name: str, version: int, body: VersionUpdate, platform: PlatformDep, principal: Editor
+    name: str, version: VersionPath, body: VersionUpdate, platform: PlatformDep, principal: Editor
 ) -> ModelVersion:
     return platform.registry.update_version(
         name,
@@ -132,7 +136,7 @@ def update_version(
 
 
 @router.get("/{name}/versions/{version}/lineage")
-def get_lineage(name: str, version: int, platform: PlatformDep, _: Viewer) -> Lineage:
+def get_lineage(name: str, version: VersionPath, platform: PlatformDep, _: Viewer) -> Lineage:
     return platform.registry.lineage(name, version)
 
 

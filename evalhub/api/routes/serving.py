@@ -118,7 +118,7 @@ def list_traffic(
     deployment: str | None = None,
     arm: str | None = None,
     version: Annotated[str | None, Query(description="exact version ref, e.g. bot/3")] = None,
-    status: int | None = None,
+    status: Annotated[int | None, Query(ge=100, le=599)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     page_token: str | None = None,
 ) -> Page[TrafficRecord]:
