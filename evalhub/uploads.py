@@ -304,6 +304,11 @@ def _extract_zip(archive: Path, tree: _Tree) -> None:
                     tree.add_file(member.filename, parts, source)
 
 
+# What Linux file systems hold: a longer member would fail with ENAMETOOLONG while unpacking.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4000
+
+
 def _member_parts(name: str) -> tuple[str, ...]:
     """The path components of a member name, refusing anything that could land outside dest."""
     if "\x00" in name:
@@ -314,9 +319,18 @@ def _member_parts(name: str) -> tuple[str, ...]:
         reason = "is an absolute path"
     else:
         parts = tuple(part for part in name.split("/") if part not in ("", "."))
-        if ".." not in parts:
+        too_long = len(name.encode()) > MAX_PATH_BYTES or any(
+            len(part.encode()) > MAX_NAME_BYTES for part in parts
+        )
+        if ".." in parts:
+            reason = "climbs out of the archive with '..'"
+        elif too_long:
+            reason = (
+                f"is longer than a file system allows ({MAX_NAME_BYTES} bytes a name, "
+                f"{MAX_PATH_BYTES} a path)"
+            )
+        else:
             return parts
-        reason = "climbs out of the archive with '..'"
     raise invalid(
         f"archive member {name!r} {reason}; archives may hold relative paths inside themselves "
         f"only: {_REPACK_HINT}"

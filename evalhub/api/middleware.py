@@ -31,18 +31,26 @@ class BodySizeLimit:
             return
         seen = 0
         started = False
+        exceeded = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    exceeded = True
                     raise BodyTooLarge()
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if exceeded:
+                # A body parser caught the overflow and answers its own 400: the answer is 413.
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await _too_large(send, self.max_bytes)
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)

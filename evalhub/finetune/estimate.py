@@ -55,6 +55,15 @@ class ModelShape:
                 return config.get(key, default)
             return getattr(config, key, default)
 
+        needed = ("num_attention_heads", "hidden_size", "vocab_size", "intermediate_size",
+                  "num_hidden_layers")  # fmt: skip
+        missing = [key for key in needed if not isinstance(get(key), int)]
+        if missing:
+            raise ValueError(
+                f"the model's config.json has no integer {', '.join(missing)}: the estimate "
+                "needs a Llama-style decoder config (register the full model directory)"
+            )
+
         heads = int(get("num_attention_heads"))
         hidden = int(get("hidden_size"))
         return cls(

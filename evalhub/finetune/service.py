@@ -102,15 +102,24 @@ def resolve_base(platform: Platform, model: str) -> ModelVersion:
 
 @lru_cache(maxsize=8)
 def _tokenizer(directory: str) -> Any:
+    """The base's tokenizer; a base registered without one is a clear 400, not a crash."""
     from evalhub.finetune.loading import load_tokenizer
 
-    return load_tokenizer(Path(directory))
+    try:
+        return load_tokenizer(Path(directory))
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise bad_param(
+            "model",
+            "this base model has no usable tokenizer (tokenizer.json or tokenizer_config.json "
+            f"beside config.json): {str(error).splitlines()[0][:200]}; register the model "
+            "directory with its tokenizer files",
+        ) from None
 
 
 def context_length(model_dir: Path) -> int | None:
     config = json.loads((model_dir / "config.json").read_text())
     value = config.get("max_position_embeddings")
-    return int(value) if value else None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def report_summary(label: str, report: ValidationReport) -> str:

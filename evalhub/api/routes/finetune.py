@@ -56,7 +56,7 @@ def estimate_memory(body: EstimateRequest, platform: PlatformDep, _: Viewer) -> 
             dtype=body.dtype,
             gradient_checkpointing=body.gradient_checkpointing,
         )
-    except ValueError as error:
+    except (ValueError, TypeError, ZeroDivisionError) as error:
         raise invalid(str(error)) from None
     return EstimateResponse(model=version.ref, config=config, estimate=result.model_dump())
 
