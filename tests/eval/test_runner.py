@@ -25,7 +25,8 @@ from evalhub.eval import (
     run_suite,
     save_run,
 )
-from tests.scripted_server import ScriptedServer, write_suite
+from tests.eval.conftest import write_suite
+from tests.scripted_server import ScriptedServer
 
 N_CASES = 40
 
