@@ -29,8 +29,13 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
+# Two test processes pay on CI's 2 cores (the tiny models are built once and shared); the vLLM
+# tests stay on one of them (--dist loadgroup), so one vLLM server starts.
+PYTEST_WORKERS ?= 2
+
 unit: install vllm
-	EVALHUB_TEST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m pytest -q
+	EVALHUB_TEST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m pytest -q \
+		-n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint unit
 

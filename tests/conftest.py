@@ -16,6 +16,10 @@ from tests.scripted_server import start_scripted_server  # noqa: F401  (a fixtur
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# pytest-xdist workers inherit the terminal's size, and rich fixes a console's width from it at
+# import; the CLI tests set COLUMNS per call instead.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 POSTGRES_URL = os.environ.get(
     "EVALHUB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 
 from evalhub import __version__
-from evalhub.api import errors
+from evalhub.api import errors, openapi
 from evalhub.api import openai as openai_api
 from evalhub.api.middleware import BodySizeLimit, PrometheusMetrics
 from evalhub.api.routes import (
@@ -106,6 +106,7 @@ def create_app(
     app.include_router(gateway.router)
     app.include_router(health.router)
     errors.install(app)
+    openapi.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(PrometheusMetrics, registry=app.state.metrics)
     return app

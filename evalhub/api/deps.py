@@ -6,12 +6,14 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from evalhub.auth.tokens import Principal, Role
 from evalhub.platform import Platform
 from registry.errors import ErrorCode, RegistryError
 from registry.limits import MAX_INT64
+from registry.names import ALIAS_PATTERN, NAME_PATTERN
 
 # Parameters that many routes share, with their limits in the schema.
 Limit = Annotated[int, Query(ge=1, le=1000, description="Most items in one page.")]
@@ -19,6 +21,10 @@ VersionPath = Annotated[int, Path(ge=1, le=MAX_INT64, description="A version num
 EventsAfter = Annotated[
     int | None, Query(ge=0, le=MAX_INT64, description="Only events after this id.")
 ]
+
+# Name patterns are documented; the registry refuses others with a 400 that states the rule.
+NamePath = Annotated[str, Path(max_length=128, json_schema_extra={"pattern": f"^{NAME_PATTERN}$"})]
+AliasPath = Annotated[str, Path(max_length=64, json_schema_extra={"pattern": f"^{ALIAS_PATTERN}$"})]
 
 bearer = HTTPBearer(auto_error=False, description="An API token from `evalhub token create`.")
 
@@ -44,7 +50,10 @@ async def get_principal(
             "no API token: send 'Authorization: Bearer <token>' (set EVALHUB_TOKEN for the CLI; "
             "an admin makes tokens with 'evalhub token create')",
         )
-    principal = platform.tokens.authenticate(credentials.credentials)
+    known, principal = platform.tokens.cached(credentials.credentials)
+    if not known:
+        # A cache miss reads (and now and then marks last use) in the database: off the loop.
+        principal = await run_in_threadpool(platform.tokens.authenticate, credentials.credentials)
     if principal is None:
         raise RegistryError(ErrorCode.UNAUTHENTICATED, "the API token is unknown or revoked")
     return principal

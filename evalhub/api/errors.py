@@ -93,6 +93,11 @@ def _field(location: tuple[Any, ...] | list[Any]) -> str | None:
     return ".".join(parts) or None
 
 
+def _invalid_status(request: Request) -> int:
+    """OpenAI answers a malformed request with 400; evalhub's own API keeps FastAPI's 422."""
+    return 400 if request.url.path.startswith(OPENAI_PREFIX) else 422
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RegistryError)
     async def _registry_error(request: Request, error: RegistryError) -> JSONResponse:
@@ -106,8 +111,7 @@ def install(app: FastAPI) -> None:
         problems = "; ".join(
             f"{_field(item.get('loc', ())) or 'request'}: {item.get('msg')}" for item in items
         )
-        # OpenAI answers a malformed request with 400; evalhub's own API keeps FastAPI's 422.
-        status = 400 if request.url.path.startswith(OPENAI_PREFIX) else 422
+        status = _invalid_status(request)
         param = _field(items[0].get("loc", ())) if items else None
         return error_response(
             status, ErrorCode.INVALID_ARGUMENT, problems or "invalid request",
@@ -130,19 +134,25 @@ def install(app: FastAPI) -> None:
             f"{_field(item.get('loc', ())) or 'value'}: {item.get('msg')}"
             for item in error.errors()
         )
-        return error_response(422, ErrorCode.INVALID_ARGUMENT, problems, request=request)
+        return error_response(
+            _invalid_status(request), ErrorCode.INVALID_ARGUMENT, problems, request=request
+        )
 
     @app.exception_handler(DataError)
     async def _data_error(request: Request, error: DataError) -> JSONResponse:
         reason = str(error.orig).splitlines()[0] if error.orig is not None else "out of range"
         message = f"a value does not fit its field ({reason}); send a shorter or smaller one"
-        return error_response(422, ErrorCode.INVALID_ARGUMENT, message, request=request)
+        return error_response(
+            _invalid_status(request), ErrorCode.INVALID_ARGUMENT, message, request=request
+        )
 
     @app.exception_handler(OverflowError)
     @app.exception_handler(RecursionError)
     async def _too_big(request: Request, error: Exception) -> JSONResponse:
         message = f"a value is too large or nested too deep: {error}"
-        return error_response(422, ErrorCode.INVALID_ARGUMENT, message, request=request)
+        return error_response(
+            _invalid_status(request), ErrorCode.INVALID_ARGUMENT, message, request=request
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,12 +13,19 @@ from registry.names import NAME_PATTERN
 
 STRICT = ConfigDict(extra="forbid")
 NAME_RULE = f"matches {NAME_PATTERN}; others are refused with 400 and the rule"
+# The pattern is documented, not validated here: the registry's 400 says the rule in words.
+Name = Annotated[
+    str,
+    Field(
+        max_length=128, description=NAME_RULE, json_schema_extra={"pattern": f"^{NAME_PATTERN}$"}
+    ),
+]
 
 
 class ModelCreate(BaseModel):
     model_config = STRICT
 
-    name: str = Field(max_length=128, description=NAME_RULE)
+    name: Name
     kind: ModelKind
     description: Description = ""
     tags: Tags = Field(default_factory=dict)
@@ -56,7 +63,7 @@ class AliasRollback(BaseModel):
 class DatasetCreate(BaseModel):
     model_config = STRICT
 
-    name: str = Field(max_length=128, description=NAME_RULE)
+    name: Name
     description: Description = ""
     tags: Tags = Field(default_factory=dict)
 
@@ -69,7 +76,7 @@ class DatasetVersionCreated(BaseModel):
 class TokenCreate(BaseModel):
     model_config = STRICT
 
-    name: str = Field(max_length=128, description=NAME_RULE)
+    name: Name
     role: Role = Role.VIEWER
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from pydantic import BaseModel
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from evalhub.db.tables import ApiTokenRow, AuditRow
@@ -19,6 +20,9 @@ from registry.names import check_name
 from registry.tables import utcnow
 
 TOKEN_PREFIX = "ehk_"
+
+#: `last_used_at` is written at most this often per token: authentication stays a read.
+LAST_USED_EVERY = timedelta(minutes=1)
 
 
 class Role(StrEnum):
@@ -109,12 +113,19 @@ def create_token(
 
 
 def revoke_token(engine: Engine, name: str, *, actor: str) -> TokenInfo:
+    """Revokes a token; the last live admin token is refused, or only the home's CLI could recover.
+
+    The live admin rows are locked (FOR UPDATE on PostgreSQL, the write lock on SQLite) before
+    the count, so two admins revoking each other at once cannot both succeed.
+    """
     with Session(writer(engine), expire_on_commit=False) as session:
         row = session.exec(select(ApiTokenRow).where(ApiTokenRow.name == name)).first()
         if row is None:
             raise not_found(f"no token named {name!r}")
         before = _info(row).model_dump(mode="json")
         if row.revoked_at is None:
+            if row.role == Role.ADMIN.value:
+                _refuse_last_admin(session, name)
             row.revoked_at = utcnow()
             session.add(row)
         info = _info(row)
@@ -131,6 +142,20 @@ def revoke_token(engine: Engine, name: str, *, actor: str) -> TokenInfo:
     return info
 
 
+def _refuse_last_admin(session: Session, name: str) -> None:
+    live_admins = session.exec(
+        select(ApiTokenRow.name)
+        .where(ApiTokenRow.role == Role.ADMIN.value, col(ApiTokenRow.revoked_at).is_(None))
+        .order_by(col(ApiTokenRow.id))
+        .with_for_update()
+    ).all()
+    if all(other == name for other in live_admins):
+        raise RegistryError(
+            ErrorCode.CONFLICT,
+            f"token {name!r} is the last admin token: create another admin token first",
+        )
+
+
 def list_tokens(engine: Engine) -> list[TokenInfo]:
     with Session(engine) as session:
         rows = session.exec(select(ApiTokenRow).order_by(col(ApiTokenRow.id)))
@@ -145,7 +170,29 @@ def authenticate(engine: Engine, secret: str) -> Principal | None:
         ).first()
         if row is None or row.revoked_at is not None:
             return None
-        return Principal(name=row.name, role=Role(row.role))
+        principal = Principal(name=row.name, role=Role(row.role))
+        last_used = row.last_used_at
+    now = utcnow()
+    if last_used is None or now - last_used >= LAST_USED_EVERY:
+        _mark_used(engine, principal.name, now)
+    return principal
+
+
+def _mark_used(engine: Engine, name: str, now: datetime) -> None:
+    """Best effort: a busy database delays the mark to a later request, never fails this one."""
+    stale = col(ApiTokenRow.last_used_at).is_(None) | (
+        col(ApiTokenRow.last_used_at) < now - LAST_USED_EVERY
+    )
+    try:
+        with Session(writer(engine)) as session:
+            session.exec(  # type: ignore[call-overload]
+                update(ApiTokenRow)
+                .where(col(ApiTokenRow.name) == name, stale)
+                .values(last_used_at=now)
+            )
+            session.commit()
+    except OperationalError:
+        return
 
 
 def has_tokens(engine: Engine) -> bool:
@@ -184,15 +231,23 @@ class TokenCache:
         self._internal[hash_token(secret)] = Principal(name=name, role=role)
         return secret
 
-    def authenticate(self, secret: str) -> Principal | None:
+    def cached(self, secret: str) -> tuple[bool, Principal | None]:
+        """(known, principal) without touching the database: the event loop's fast path."""
         key = hash_token(secret)
         if key in self._internal:
-            return self._internal[key]
-        now = time.monotonic()
+            return True, self._internal[key]
         hit = self._entries.get(key)
-        if hit is not None and now - hit[0] < self.ttl:
-            return hit[1]
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
+            return True, hit[1]
+        return False, None
+
+    def authenticate(self, secret: str) -> Principal | None:
+        known, principal = self.cached(secret)
+        if known:
+            return principal
+        now = time.monotonic()
         principal = authenticate(self.engine, secret)
+        key = hash_token(secret)
         if len(self._entries) > 10_000:
             self._entries.clear()
         self._entries[key] = (now, principal)

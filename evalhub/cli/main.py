@@ -151,7 +151,11 @@ def token_list(as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(rows)
         return
-    table(rows, ["name", "role", "prefix", "created_at", "created_by", "revoked_at"], "tokens")
+    table(
+        rows,
+        ["name", "role", "prefix", "created_at", "created_by", "last_used_at", "revoked_at"],
+        "tokens",
+    )
 
 
 @token_app.command("revoke")

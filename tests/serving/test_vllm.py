@@ -25,10 +25,14 @@ from evalhub.client import Client
 from tests.serving.conftest import save_adapter
 
 VLLM_PYTHON = os.environ.get("EVALHUB_TEST_VLLM_PYTHON", ".vllm-venv/bin/python")
-pytestmark = pytest.mark.skipif(
-    not Path(VLLM_PYTHON).is_file(),
-    reason=f"vLLM's virtualenv is missing at {VLLM_PYTHON}: `make test` creates it (make vllm)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not Path(VLLM_PYTHON).is_file(),
+        reason=f"vLLM's virtualenv is missing at {VLLM_PYTHON}: `make test` creates it (make vllm)",
+    ),
+    # One vLLM server (about 90 s to start on 2 cores) for all of these: one xdist worker runs them.
+    pytest.mark.xdist_group("vllm"),
+]
 
 PROMPTS = ["repeat: cat dog bird", "repeat: sun moon", "repeat: tree star fish"]
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from evalhub.api.deps import Admin, PlatformDep, Viewer
+from evalhub.api.deps import Admin, NamePath, PlatformDep, Viewer
 from evalhub.api.schemas import TokenCreate, TokenCreated
 from evalhub.audit import AuditEntry, search_audit
 from evalhub.auth.tokens import TokenInfo, create_token, list_tokens, revoke_token
@@ -36,7 +36,7 @@ def list_api_tokens(platform: PlatformDep, _: Admin) -> list[TokenInfo]:
 
 
 @router.delete("/tokens/{name}", tags=["tokens"])
-def revoke_api_token(name: str, platform: PlatformDep, principal: Admin) -> TokenInfo:
+def revoke_api_token(name: NamePath, platform: PlatformDep, principal: Admin) -> TokenInfo:
     revoked = revoke_token(platform.engine, name, actor=principal.name)
     platform.tokens.invalidate()
     return revoked

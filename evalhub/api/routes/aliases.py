@@ -7,7 +7,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from evalhub.api.deps import Admin, CurrentPrincipal, Editor, PlatformDep, Viewer
+from evalhub.api.deps import (
+    Admin,
+    AliasPath,
+    CurrentPrincipal,
+    Editor,
+    NamePath,
+    PlatformDep,
+    Viewer,
+)
 from evalhub.api.schemas import AliasRollback, AliasSet
 from evalhub.auth.tokens import Principal, Role
 from registry.entities import AliasMove, ModelVersion, Page
@@ -17,7 +25,7 @@ from registry.names import PROTECTED_ALIASES, check_alias
 router = APIRouter(prefix="/models/{name}/aliases", tags=["aliases"])
 
 
-def _may_move(principal: Principal, alias: str) -> None:
+def _may_move(principal: Principal, alias: AliasPath) -> None:
     check_alias(alias)
     needed = Role.ADMIN if alias in PROTECTED_ALIASES else Role.EDITOR
     principal.require(needed, f"moving @{alias}")
@@ -25,7 +33,7 @@ def _may_move(principal: Principal, alias: str) -> None:
 
 @router.put("/{alias}")
 def set_alias(
-    name: str, alias: str, body: AliasSet, platform: PlatformDep, principal: Editor
+    name: NamePath, alias: AliasPath, body: AliasSet, platform: PlatformDep, principal: Editor
 ) -> AliasMove:
     _may_move(principal, alias)
     return platform.registry.set_alias(
@@ -35,7 +43,11 @@ def set_alias(
 
 @router.delete("/{alias}")
 def delete_alias(
-    name: str, alias: str, platform: PlatformDep, principal: CurrentPrincipal, reason: str = ""
+    name: NamePath,
+    alias: AliasPath,
+    platform: PlatformDep,
+    principal: CurrentPrincipal,
+    reason: str = "",
 ) -> AliasMove:
     _may_move(principal, alias)
     return platform.registry.delete_alias(name, alias, reason=reason, actor=principal.name)
@@ -43,8 +55,8 @@ def delete_alias(
 
 @router.get("/{alias}")
 def get_alias(
-    name: str,
-    alias: str,
+    name: NamePath,
+    alias: AliasPath,
     platform: PlatformDep,
     _: Viewer,
     at: Annotated[datetime | None, Query(description="ISO time: the version held then")] = None,
@@ -59,8 +71,8 @@ def get_alias(
 
 @router.get("/{alias}/history")
 def alias_history(
-    name: str,
-    alias: str,
+    name: NamePath,
+    alias: AliasPath,
     platform: PlatformDep,
     _: Viewer,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -71,8 +83,8 @@ def alias_history(
 
 @router.post("/{alias}/rollback")
 def rollback_alias(
-    name: str,
-    alias: str,
+    name: NamePath,
+    alias: AliasPath,
     platform: PlatformDep,
     principal: Admin,
     body: AliasRollback | None = None,

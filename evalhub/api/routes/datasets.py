@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.responses import FileResponse
 
-from evalhub.api.deps import Editor, Limit, PlatformDep, VersionPath, Viewer
+from evalhub.api.deps import Editor, Limit, NamePath, PlatformDep, VersionPath, Viewer
 from evalhub.api.routes.uploads import uploaded_file
 from evalhub.api.schemas import DatasetCreate, DatasetVersionCreated
 from registry.entities import Dataset, DatasetFormat, DatasetVersion, Page
@@ -30,13 +30,13 @@ def list_datasets(
 
 
 @router.get("/{name}")
-def get_dataset(name: str, platform: PlatformDep, _: Viewer) -> Dataset:
+def get_dataset(name: NamePath, platform: PlatformDep, _: Viewer) -> Dataset:
     return platform.registry.get_dataset(name)
 
 
 @router.post("/{name}/versions", status_code=201)
 def add_dataset_version(
-    name: str,
+    name: NamePath,
     platform: PlatformDep,
     principal: Editor,
     response: Response,
@@ -65,21 +65,25 @@ def add_dataset_version(
 
 @router.get("/{name}/versions")
 def list_dataset_versions(
-    name: str, platform: PlatformDep, _: Viewer, limit: Limit = 50, page_token: str | None = None
+    name: NamePath,
+    platform: PlatformDep,
+    _: Viewer,
+    limit: Limit = 50,
+    page_token: str | None = None,
 ) -> Page[DatasetVersion]:
     return platform.registry.search_dataset_versions(name, limit=limit, page_token=page_token)
 
 
 @router.get("/{name}/versions/{version}")
 def get_dataset_version(
-    name: str, version: VersionPath, platform: PlatformDep, _: Viewer
+    name: NamePath, version: VersionPath, platform: PlatformDep, _: Viewer
 ) -> DatasetVersion:
     return platform.registry.get_dataset_version(name, version)
 
 
 @router.get("/{name}/versions/{version}/content", response_class=FileResponse)
 def get_dataset_content(
-    name: str, version: VersionPath, platform: PlatformDep, _: Viewer
+    name: NamePath, version: VersionPath, platform: PlatformDep, _: Viewer
 ) -> FileResponse:
     entity = platform.registry.get_dataset_version(name, version)
     return FileResponse(

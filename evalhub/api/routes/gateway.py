@@ -11,10 +11,50 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from evalhub.api.deps import PlatformDep, Viewer
-from evalhub.serving.gateway import Gateway, GatewayError
+from evalhub.serving.gateway import MAX_MODEL_CHARS, MAX_USER_CHARS, Gateway, GatewayError
 from registry import json_limits
 
 router = APIRouter(prefix="/v1", tags=["gateway"])
+
+
+def _request_body(required: str, prompt: dict[str, Any]) -> dict[str, Any]:
+    """The body as OpenAI documents it, in brief; the backend checks the sampling fields."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["model", required],
+                        "properties": {
+                            "model": {
+                                "type": "string",
+                                "maxLength": MAX_MODEL_CHARS,
+                                "description": "a deployment or a model reference",
+                            },
+                            required: prompt,
+                            "user": {"type": "string", "maxLength": MAX_USER_CHARS},
+                            "stream": {"type": "boolean"},
+                            "max_tokens": {"type": "integer", "minimum": 1},
+                            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                        },
+                    }
+                }
+            },
+        }
+    }
+
+
+_MESSAGES = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {"role": {"type": "string"}, "content": {"type": "string"}},
+    },
+}
+_PROMPT = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -40,12 +80,12 @@ async def _handle(request: Request, endpoint: str) -> Response:
     return await gateway.handle(endpoint, body, request.headers)
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=_request_body("messages", _MESSAGES))
 async def create_chat_completion(request: Request, _: Viewer) -> Response:
     return await _handle(request, "chat/completions")
 
 
-@router.post("/completions")
+@router.post("/completions", openapi_extra=_request_body("prompt", _PROMPT))
 async def create_completion(request: Request, _: Viewer) -> Response:
     return await _handle(request, "completions")
 

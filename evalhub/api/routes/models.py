@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from pydantic import TypeAdapter
 
-from evalhub.api.deps import Admin, Editor, Limit, PlatformDep, VersionPath, Viewer
+from evalhub.api.deps import Admin, Editor, Limit, NamePath, PlatformDep, VersionPath, Viewer
 from evalhub.api.routes.uploads import uploaded_directory
 from evalhub.api.schemas import ModelCreate, ModelUpdate, VersionUpdate
 from registry import json_limits
@@ -50,13 +50,13 @@ def list_models(
 
 
 @router.get("/{name}")
-def get_model(name: str, platform: PlatformDep, _: Viewer) -> RegisteredModel:
+def get_model(name: NamePath, platform: PlatformDep, _: Viewer) -> RegisteredModel:
     return platform.registry.get_model(name)
 
 
 @router.patch("/{name}")
 def update_model(
-    name: str, body: ModelUpdate, platform: PlatformDep, principal: Editor
+    name: NamePath, body: ModelUpdate, platform: PlatformDep, principal: Editor
 ) -> RegisteredModel:
     return platform.registry.update_model(
         name, description=body.description, tags=body.tags, actor=principal.name
@@ -64,14 +64,14 @@ def update_model(
 
 
 @router.delete("/{name}", status_code=204)
-def delete_model(name: str, platform: PlatformDep, principal: Admin) -> Response:
+def delete_model(name: NamePath, platform: PlatformDep, principal: Admin) -> Response:
     platform.registry.delete_model(name, actor=principal.name)
     return Response(status_code=204)
 
 
 @router.post("/{name}/versions", status_code=201)
 def register_version(
-    name: str,
+    name: NamePath,
     platform: PlatformDep,
     principal: Editor,
     file: Annotated[UploadFile | None, File(description="tar or zip of the directory")] = None,
@@ -103,7 +103,7 @@ def register_version(
 
 @router.get("/{name}/versions")
 def list_versions(
-    name: str,
+    name: NamePath,
     platform: PlatformDep,
     _: Viewer,
     limit: Limit = 50,
@@ -116,13 +116,19 @@ def list_versions(
 
 
 @router.get("/{name}/versions/{version}")
-def get_version(name: str, version: VersionPath, platform: PlatformDep, _: Viewer) -> ModelVersion:
+def get_version(
+    name: NamePath, version: VersionPath, platform: PlatformDep, _: Viewer
+) -> ModelVersion:
     return platform.registry.get_version(name, version)
 
 
 @router.patch("/{name}/versions/{version}")
 def update_version(
-    name: str, version: VersionPath, body: VersionUpdate, platform: PlatformDep, principal: Editor
+    name: NamePath,
+    version: VersionPath,
+    body: VersionUpdate,
+    platform: PlatformDep,
+    principal: Editor,
 ) -> ModelVersion:
     return platform.registry.update_version(
         name,
@@ -136,7 +142,7 @@ def update_version(
 
 
 @router.get("/{name}/versions/{version}/lineage")
-def get_lineage(name: str, version: VersionPath, platform: PlatformDep, _: Viewer) -> Lineage:
+def get_lineage(name: NamePath, version: VersionPath, platform: PlatformDep, _: Viewer) -> Lineage:
     return platform.registry.lineage(name, version)
 
 

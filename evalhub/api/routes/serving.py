@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from evalhub.api.deps import Editor, PlatformDep, Viewer
+from evalhub.api.deps import Editor, NamePath, PlatformDep, Viewer
 from evalhub.serving.backends import Backend, BackendCreate, BackendService
 from evalhub.serving.deployments import (
     Deployment,
@@ -48,7 +48,7 @@ def list_backends(request: Request, _: Viewer) -> list[Backend]:
 
 
 @router.get("/backends/{name}", tags=["backends"])
-def get_backend(name: str, request: Request, _: Viewer) -> Backend:
+def get_backend(name: NamePath, request: Request, _: Viewer) -> Backend:
     service = backends(request)
     backend = service.with_status(service.get(name))
     gateway = request.app.state.gateway
@@ -57,7 +57,7 @@ def get_backend(name: str, request: Request, _: Viewer) -> Backend:
 
 
 @router.delete("/backends/{name}", status_code=204, tags=["backends"])
-def delete_backend(name: str, request: Request, principal: Editor) -> Response:
+def delete_backend(name: NamePath, request: Request, principal: Editor) -> Response:
     backends(request).delete(name, actor=principal.name)
     return Response(status_code=204)
 
@@ -75,20 +75,24 @@ def list_deployments(platform: PlatformDep, _: Viewer) -> list[Deployment]:
 
 
 @router.get("/deployments/{name}", tags=["deployments"])
-def get_deployment(name: str, platform: PlatformDep, _: Viewer) -> Deployment:
+def get_deployment(name: NamePath, platform: PlatformDep, _: Viewer) -> Deployment:
     return DeploymentService(platform).get(name)
 
 
 @router.patch("/deployments/{name}", tags=["deployments"])
 def update_deployment(
-    name: str, body: DeploymentUpdate, request: Request, platform: PlatformDep, principal: Editor
+    name: NamePath,
+    body: DeploymentUpdate,
+    request: Request,
+    platform: PlatformDep,
+    principal: Editor,
 ) -> Deployment:
     return changed(request, DeploymentService(platform).update(name, body, actor=principal.name))
 
 
 @router.delete("/deployments/{name}", status_code=204, tags=["deployments"])
 def delete_deployment(
-    name: str, request: Request, platform: PlatformDep, principal: Editor
+    name: NamePath, request: Request, platform: PlatformDep, principal: Editor
 ) -> Response:
     DeploymentService(platform).delete(name, actor=principal.name)
     request.app.state.gateway.forget_routes()
@@ -97,7 +101,7 @@ def delete_deployment(
 
 @router.post("/deployments/{name}/rollout", tags=["deployments"])
 def rollout_deployment(
-    name: str, body: RolloutAction, request: Request, platform: PlatformDep, principal: Editor
+    name: NamePath, body: RolloutAction, request: Request, platform: PlatformDep, principal: Editor
 ) -> Deployment:
     """Start a rollout with steps, step to the next weight, pause, resume, or abort."""
     return changed(request, DeploymentService(platform).rollout(name, body, actor=principal.name))
@@ -105,7 +109,7 @@ def rollout_deployment(
 
 @router.post("/deployments/{name}/rollback", tags=["deployments"])
 def rollback_deployment(
-    name: str, request: Request, platform: PlatformDep, principal: Editor
+    name: NamePath, request: Request, platform: PlatformDep, principal: Editor
 ) -> Deployment:
     """Restore the arms and weights the deployment had before its last change."""
     return changed(request, DeploymentService(platform).rollback(name, actor=principal.name))
