@@ -28,6 +28,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # Two test processes pay on CI's 2 cores (the tiny models are built once and shared); the vLLM
 # tests stay on one of them (--dist loadgroup), so one vLLM server starts.

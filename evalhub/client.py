@@ -6,7 +6,7 @@ import getpass
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import httpx
 
@@ -61,21 +61,29 @@ class Client:
         principal = Principal(name=f"local:{getpass.getuser()}", role=Role.ADMIN)
         app = create_app(settings, local_principal=principal)
         with TestClient(app, base_url="http://evalhub.local", raise_server_exceptions=True) as http:
-            yield cls(http)
+            # starlette's TestClient is an httpx2.Client: httpx's interface, another class.
+            yield cls(cast(httpx.Client, http))
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A request to the REST API under /api/v1."""
+        return self.send(method, API + path, **kwargs)
+
+    def send(self, method: str, url: str, **kwargs: Any) -> Any:
+        """Any route of the server; an error answer in either shape (evalhub's or OpenAI's)
+        becomes an ApiError."""
         try:
-            response = self.http.request(method, API + path, **kwargs)
+            response = self.http.request(method, url, **kwargs)
         except httpx.TransportError as error:
             raise ApiError(
                 0, "UNAVAILABLE", f"cannot reach {self.http.base_url}: {error}"
             ) from error
         if response.status_code >= 400:
             try:
-                error = response.json()["error"]
-                raise ApiError(response.status_code, error["code"], error["message"])
-            except (ValueError, KeyError, TypeError):
+                detail = response.json()["error"]
+                code, message = str(detail.get("code")), str(detail["message"])
+            except (ValueError, KeyError, TypeError, AttributeError):
                 raise ApiError(response.status_code, "HTTP_ERROR", response.text[:500]) from None
+            raise ApiError(response.status_code, code, message)
         if response.status_code == 204 or not response.content:
             return None
         if response.headers.get("content-type", "").startswith("application/json"):
@@ -103,7 +111,7 @@ class Client:
         self,
         path: str,
         file: Path,
-        fields: dict[str, str],
+        fields: dict[str, str | None],
         progress: Callable[[int], None] | None = None,
     ) -> Any:
         with file.open("rb") as handle:

@@ -6,6 +6,7 @@ when every member passed, so a refused upload leaves nothing behind.
 
 from __future__ import annotations
 
+import functools
 import lzma
 import re
 import shutil
@@ -16,7 +17,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import IO, BinaryIO, Protocol, TypeVar
 
 from registry.errors import ErrorCode, RegistryError, invalid
 
@@ -203,7 +204,7 @@ class _Tree:
             raise invalid(f"archive member {name!r} is both a file and a folder; {_REPACK_HINT}")
         self._make_dirs(name, parts)
 
-    def add_file(self, name: str, parts: tuple[str, ...], source: BinaryIO) -> None:
+    def add_file(self, name: str, parts: tuple[str, ...], source: IO[bytes]) -> None:
         if not parts:
             raise invalid(f"archive member {name!r} is a file without a name; {_REPACK_HINT}")
         if parts in self.files or parts in self.dirs:
@@ -300,7 +301,7 @@ def _extract_zip(archive: Path, tree: _Tree) -> None:
                     f"archive member {member.filename!r} is encrypted; upload an unencrypted zip"
                 )
             else:
-                with _reading(lambda m=member: bundle.open(m)) as source:
+                with _reading(functools.partial(bundle.open, member)) as source:
                     tree.add_file(member.filename, parts, source)
 
 

@@ -48,6 +48,7 @@ from registry.tables import (
     LineageEdgeRow,
     ModelVersionRow,
     RegisteredModelRow,
+    stored_id,
     utcnow,
 )
 
@@ -310,7 +311,7 @@ class RegistryStore:
                 model_row = _get_model(session, name, lock=True)
                 number = _next_number(session, ModelVersionRow, "model_id", model_row.id)
                 row = ModelVersionRow(
-                    model_id=model_row.id,
+                    model_id=stored_id(model_row),
                     version=number,
                     status=VersionStatus.READY.value,
                     digest=stored.digest,
@@ -501,7 +502,7 @@ class RegistryStore:
             version_row = _get_version(session, _get_model(session, name), version)
             derived_rows = session.exec(
                 select(ModelVersionRow, RegisteredModelRow)
-                .join(RegisteredModelRow, RegisteredModelRow.id == ModelVersionRow.model_id)
+                .join(RegisteredModelRow, col(RegisteredModelRow.id) == ModelVersionRow.model_id)
                 .where(ModelVersionRow.base_version_id == version_row.id)
                 .order_by(col(ModelVersionRow.id))
             )
@@ -617,13 +618,15 @@ class RegistryStore:
                 raise not_found(f"model {model_row.name!r} has no alias @{alias}")
             session.delete(current)
         elif current is None:
-            session.add(AliasRow(model_id=model_row.id, alias=alias, version_id=target.id))
+            session.add(
+                AliasRow(model_id=stored_id(model_row), alias=alias, version_id=stored_id(target))
+            )
         else:
-            current.version_id = target.id  # type: ignore[assignment]
+            current.version_id = stored_id(target)
             current.updated_at = utcnow()
             session.add(current)
         entry = AliasHistoryRow(
-            model_id=model_row.id,  # type: ignore[arg-type]
+            model_id=stored_id(model_row),
             alias=alias,
             action=action,
             from_version=from_version,
@@ -770,7 +773,7 @@ class RegistryStore:
                     return _dataset_version_entity(existing, name), False
                 number = _next_number(session, DatasetVersionRow, "dataset_id", dataset_row.id)
                 row = DatasetVersionRow(
-                    dataset_id=dataset_row.id,  # type: ignore[arg-type]
+                    dataset_id=stored_id(dataset_row),
                     version=number,
                     digest=stored.digest,
                     artifact_uri=stored.uri,
@@ -1076,7 +1079,7 @@ def _add_edge(
 
 def _move_entity(row: AliasHistoryRow, model: str) -> AliasMove:
     return AliasMove(
-        id=row.id,  # type: ignore[arg-type]
+        id=row.id,
         model=model,
         alias=row.alias,
         action=row.action,

@@ -31,6 +31,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def stored_id(row: Any) -> int:
+    """The id of a row read from the database or flushed to it (SQLModel types it optional)."""
+    if row.id is None:
+        raise ValueError(f"{type(row).__name__} has no id yet: flush it first")
+    return int(row.id)
+
+
 def _time(**kwargs: Any) -> Any:
     return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, **kwargs))
 

@@ -185,7 +185,7 @@ def _mark_used(engine: Engine, name: str, now: datetime) -> None:
     )
     try:
         with Session(writer(engine)) as session:
-            session.exec(  # type: ignore[call-overload]
+            session.exec(
                 update(ApiTokenRow)
                 .where(col(ApiTokenRow.name) == name, stale)
                 .values(last_used_at=now)

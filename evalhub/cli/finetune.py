@@ -41,17 +41,7 @@ JOB_COLUMNS = ["id", "status", "model", "fine_tuned_model", "created_at", "finis
 
 def call(client: Client, method: str, path: str, **kwargs: Any) -> Any:
     """A request to the OpenAI-compatible routes; their errors become ApiError like /api/v1's."""
-    try:
-        response = client.http.request(method, path, **kwargs)
-    except Exception as error:  # httpx transport errors: the server is not there
-        raise ApiError(0, "UNAVAILABLE", f"cannot reach {client.http.base_url}: {error}") from None
-    if response.status_code >= 400:
-        try:
-            error = response.json()["error"]
-            raise ApiError(response.status_code, str(error.get("code")), error["message"])
-        except (ValueError, KeyError, TypeError):
-            raise ApiError(response.status_code, "HTTP_ERROR", response.text[:500]) from None
-    return response.json()
+    return client.send(method, path, **kwargs)
 
 
 def upload(client: Client, path: Path) -> dict[str, Any]:
@@ -412,10 +402,6 @@ def estimate_command(
     from evalhub.finetune.estimate import estimate
 
     methods = ["full", "lora", "dora", "qlora", "galore"] if method == "all" else [method]
-    options = {
-        "rank": rank, "target_modules": target_modules, "batch_size": batch_size,
-        "seq_len": seq_len, "dtype": dtype, "gradient_checkpointing": gradient_checkpointing,
-    }  # fmt: skip
     config = _local_config(model)
     label = model
     if config is None:
@@ -423,7 +409,13 @@ def estimate_command(
             answer = client.post("/finetune/estimate", {"model": model, "method": "full"})
         config, label = answer["config"], answer["model"]
     try:
-        results = [estimate(config, name, **options).model_dump() for name in methods]
+        results = [
+            estimate(
+                config, name, rank=rank, target_modules=target_modules, batch_size=batch_size,
+                seq_len=seq_len, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
+            ).model_dump()
+            for name in methods
+        ]  # fmt: skip
     except ValueError as error:
         fail(str(error))
     if as_json:

@@ -153,9 +153,10 @@ def _aggregate_note(
         (baseline.metrics[name].aggregate.value, compared.baseline_mean),
         (candidate.metrics[name].aggregate.value, compared.candidate_mean),
     ]
-    if any(own is None or mean is None for own, mean in pairs):
+    known = [(own, mean) for own, mean in pairs if own is not None and mean is not None]
+    if len(known) < len(pairs):
         return None
-    if all(abs(own - mean) <= 1e-9 * max(1.0, abs(own)) for own, mean in pairs):  # type: ignore[operator]
+    if all(abs(own - mean) <= 1e-9 * max(1.0, abs(own)) for own, mean in known):
         return None
     return (
         f"{name}: compared as the mean of per-case scores; the runs' own {name} values are "
@@ -196,15 +197,17 @@ def compare_runs(
     deltas: list[CaseDelta] = []
     for name in metric_names:
         summary = candidate.metrics[name]
-        options = {
-            "higher_is_better": summary.higher_is_better,
-            "binary": summary.binary,
-            "confidence": confidence,
-            "n_resamples": n_resamples,
-            "seed": seed,
-        }
         ids, base, cand = _paired(baseline, candidate, name, shared)
-        compared = comparison.metrics[name] = compare_metric(name, base, cand, **options)
+        compared = comparison.metrics[name] = compare_metric(
+            name,
+            base,
+            cand,
+            higher_is_better=summary.higher_is_better,
+            binary=summary.binary,
+            confidence=confidence,
+            n_resamples=n_resamples,
+            seed=seed,
+        )
         note = _aggregate_note(name, compared, baseline, candidate)
         if note:
             comparison.notes.append(note)

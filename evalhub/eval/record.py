@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from evalhub.eval.suite import MetricSpec, SamplingParams, SliceSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 RunStatus = Literal["running", "completed", "failed"]
 

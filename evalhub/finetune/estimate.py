@@ -163,7 +163,7 @@ def estimate(
         trainable = sum(lora_parameters(i, o, rank) for i, o in adapted)
         if method == "dora":
             trainable += sum(o for _, o in adapted)
-        weights = total * w + trainable * 4
+        weights: float = total * w + trainable * 4
         if method == "qlora":
             quantized = shape.num_layers * sum(i * o for i, o in linears.values())
             weights = quantized * NF4_DOUBLE_QUANT_BYTES + (total - quantized) * w + trainable * 4

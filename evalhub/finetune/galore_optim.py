@@ -10,7 +10,7 @@ multiplied by `scale`. Parameters in a group with rank None get ordinary AdamW.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -68,6 +68,12 @@ class GaLoreAdamW(torch.optim.Optimizer):
         }
         super().__init__(params, defaults)
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
@@ -82,7 +88,9 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 self._update(parameter, group, beta1, beta2)
         return loss
 
-    def _update(self, parameter: torch.Tensor, group: dict[str, Any], beta1: float, beta2: float):
+    def _update(
+        self, parameter: torch.Tensor, group: dict[str, Any], beta1: float, beta2: float
+    ) -> None:
         state = self.state[parameter]
         grad = parameter.grad
         assert grad is not None

@@ -390,7 +390,7 @@ def job_view(job: Job) -> FineTuningJob:
         created_at=timestamp(job.created_at) or 0,
         finished_at=timestamp(job.finished_at),
         fine_tuned_model=result.get("fine_tuned_model"),
-        status=job.status.value,  # type: ignore[arg-type]
+        status=job.status.value,
         validation_file=payload.get("validation_file"),
         training_file=payload["training_file"],
         hyperparameters=hyper,
@@ -460,10 +460,10 @@ def event_view(row: JobEventRow) -> FineTuningJobEvent:
     return FineTuningJobEvent(
         id=f"ftevent-{row.id}",
         created_at=timestamp(row.created_at) or 0,
-        level=_LEVELS.get(row.level, "info"),  # type: ignore[arg-type]
+        level=_LEVELS.get(row.level, "info"),
         message=row.message,
         data=data,
-        type=kind,  # type: ignore[arg-type]
+        type=kind,
     )
 
 

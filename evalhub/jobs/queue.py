@@ -203,7 +203,7 @@ class JobQueue:
                 update(JobRow)
                 .where(col(JobRow.id) == job_id, col(JobRow.worker_id) == worker_id)
                 .values(heartbeat_at=utcnow())
-            )  # type: ignore[call-overload]
+            )
             session.commit()
             row = session.get(JobRow, job_id)
             return bool(row and row.cancel_requested)

@@ -297,7 +297,7 @@ class BackendService:
         supervisor = self.supervisor
         return Backend(
             name=row.name,
-            kind=row.kind,  # type: ignore[arg-type]
+            kind=row.kind,
             managed=row.managed,
             urls=row.urls,
             base=row.base_ref,

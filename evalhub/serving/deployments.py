@@ -8,6 +8,7 @@ steps; rolling it back puts all traffic on its control arm, even after it comple
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -241,7 +242,7 @@ class DeploymentService:
                 )
             return self._commit(session, row, actor, "deployment.rollback", before)
 
-    def _check(self, backend_name: str, arms: list[Arm]) -> None:
+    def _check(self, backend_name: str, arms: Sequence[Arm]) -> None:
         check_arms([arm.model_dump() for arm in arms])
         with Session(self.platform.engine) as session:
             backend = session.exec(
@@ -338,7 +339,7 @@ def _entity(row: DeploymentRow) -> Deployment:
     return Deployment(
         name=row.name,
         backend=row.backend,
-        sticky=row.sticky,  # type: ignore[arg-type]
+        sticky=row.sticky,
         failover=row.failover,
         arms=[Arm(**arm) for arm in row.arms],
         rollout=Rollout(**row.rollout) if row.rollout else None,

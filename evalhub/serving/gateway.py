@@ -9,6 +9,7 @@ shared aiohttp session, and traffic records are written in batches by another th
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -494,8 +495,8 @@ class Gateway:
             message = (
                 (data or {}).get("error", {}).get("message") if isinstance(data, dict) else None
             )
-            error = message or raw[:300].decode(errors="replace")
-            self._log(context, status, error=str(error))
+            reason = message or raw[:300].decode(errors="replace")
+            self._log(context, status, error=str(reason))
             return Response(raw, status_code=status, media_type="application/json", headers=headers)
         data["model"] = context.model
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
@@ -622,13 +623,14 @@ class Gateway:
         wanted: dict[str, set[str]] = {}
         for deployment in deployments:
             backend = await self._cache.get(
-                ("backend", deployment.backend), lambda d=deployment: self._backend(d.backend)
+                ("backend", deployment.backend),
+                functools.partial(self._backend, deployment.backend),
             )
             if backend is None:
                 continue
             for arm in deployment.arms:
                 version = await self._cache.get(
-                    ("ref", arm.model), lambda a=arm: self._resolve(a.model)
+                    ("ref", arm.model), functools.partial(self._resolve, arm.model)
                 )
                 if version is None or version.kind is not ModelKind.ADAPTER:
                     continue

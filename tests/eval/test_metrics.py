@@ -251,3 +251,19 @@ def test_semantic_similarity_batched_and_cached() -> None:
     again = metric.score(outputs, cases_for(refs))
     assert len(embedding_cache(default_model_path())) == cached
     assert [s.value for s in again] == [s.value for s in scores]
+
+
+def test_semantic_similarity_scores_more_texts_than_the_cache_holds() -> None:
+    from evalhub.eval.metrics.semantic_similarity import default_model_path, embedding_cache
+
+    cache = embedding_cache(default_model_path())
+    cache.clear()
+    cache.max_items = 2  # fewer than one call's texts: the call evicts its own first entries
+    try:
+        outputs = [f"answer number {i}" for i in range(5)]
+        scores = create_metric("semantic_similarity").score(outputs, cases_for(outputs))
+        assert [s.value for s in scores] == pytest.approx([1.0] * 5, abs=1e-5)
+        assert len(cache) == 2
+    finally:
+        cache.max_items = 200_000
+        cache.clear()

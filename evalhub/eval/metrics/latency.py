@@ -10,7 +10,8 @@ from evalhub.eval.metrics._records import aligned_records
 from evalhub.eval.metrics._registry import register_metric
 from evalhub.eval.record import Aggregate, Score
 
-_STATISTICS = {"mean": None, "p50": 50, "p95": 95, "p99": 99}
+_PERCENTILES = {"p50": 50, "p95": 95, "p99": 99}
+_STATISTICS = ["mean", *_PERCENTILES]
 
 
 def _percentiles(values: list[float], prefix: str) -> dict[str, float]:
@@ -18,8 +19,8 @@ def _percentiles(values: list[float], prefix: str) -> dict[str, float]:
         return {}
     array = np.asarray(values, dtype=float)
     result = {f"{prefix}mean": float(array.mean())}
-    for name in ("p50", "p95", "p99"):
-        result[f"{prefix}{name}"] = float(np.percentile(array, _STATISTICS[name]))
+    for name, percent in _PERCENTILES.items():
+        result[f"{prefix}{name}"] = float(np.percentile(array, percent))
     return result
 
 

@@ -226,7 +226,7 @@ def llm_judge(
         first = judge.complete(pairwise_messages(case, output, baseline, criteria), version)
         second = judge.complete(pairwise_messages(case, baseline, output, criteria), version)
         verdicts = parse_verdict(first), parse_verdict(second)
-        details = {"candidate_first": first, "baseline_first": second}
+        details: dict[str, Any] = {"candidate_first": first, "baseline_first": second}
         if None in verdicts:
             return Score(value=None, explanation="unparseable verdict", details=details)
         details["verdicts"] = list(verdicts)

@@ -78,15 +78,20 @@ def embedding_cache(path: str) -> EmbeddingCache:
 
 def embed(texts: list[str], model_path: str, batch_size: int = 64) -> np.ndarray:
     """Normalised embeddings, one row per text, encoding only texts not in the cache."""
+    if not texts:
+        return np.zeros((0, 0))
     cache = embedding_cache(model_path)
-    missing = list(dict.fromkeys(text for text in texts if cache.get(text) is None))
+    # Held here, not re-read from the cache: a large call may evict its own first entries.
+    found = {text: vector for text in texts if (vector := cache.get(text)) is not None}
+    missing = [text for text in dict.fromkeys(texts) if text not in found]
     if missing:
         vectors = load_model(model_path).encode(
             missing, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
         )
         for text, vector in zip(missing, vectors, strict=True):
-            cache.put(text, np.asarray(vector, dtype=np.float32))
-    return np.stack([cache.get(text) for text in texts]) if texts else np.zeros((0, 0))
+            found[text] = np.asarray(vector, dtype=np.float32)
+            cache.put(text, found[text])
+    return np.stack([found[text] for text in texts])
 
 
 @register_metric("semantic_similarity", path_options=("model",))

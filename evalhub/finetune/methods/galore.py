@@ -44,14 +44,15 @@ def galore_optimizer(model: Any, options: GaloreOptions, *, lr: float, weight_de
     from evalhub.finetune.galore_optim import GaLoreAdamW
 
     targets = set(resolve_target_modules(model, options.target_modules))
-    projected, regular = [], []
+    projected: list[Any] = []
+    regular: list[Any] = []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         module_name = name.rsplit(".", 2)[-2]  # "model.layers.0.self_attn.q_proj.weight" -> q_proj
         is_target = parameter.dim() == 2 and module_name in targets and name.endswith(".weight")
         (projected if is_target else regular).append(parameter)
-    groups = [
+    groups: list[dict[str, Any]] = [
         {
             "params": projected,
             "rank": options.rank,

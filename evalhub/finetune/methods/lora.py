@@ -53,7 +53,7 @@ def peft_lora_config(model: Any, options: LoraOptions, *, use_dora: bool = False
 
     return LoraConfig(
         r=options.rank,
-        lora_alpha=options.lora_alpha,
+        lora_alpha=options.lora_alpha,  # type: ignore[arg-type]  # peft says int; it scales by alpha / r as a float
         lora_dropout=options.dropout,
         target_modules=resolve_target_modules(
             model, options.target_modules, options.include_lm_head

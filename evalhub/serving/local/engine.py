@@ -16,7 +16,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,7 +191,7 @@ class LocalEngine:
     def generate(self, request: GenerationRequest) -> GenerationResult:
         return collect(self.stream(request))
 
-    def stream(self, request: GenerationRequest) -> Iterator[GenerationChunk]:
+    def stream(self, request: GenerationRequest) -> Generator[GenerationChunk, None, None]:
         """Yields text deltas, then a final chunk with the finish reason and token counts.
 
         The model lock is held from the first `next()` until the generator ends or is closed, so

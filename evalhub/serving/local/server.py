@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -254,7 +254,7 @@ def sampling_params(body: SamplingFields, max_tokens: int | None) -> SamplingPar
 
 async def generate_async(
     engine: LocalEngine, request: GenerationRequest
-) -> AsyncIterator[GenerationChunk]:
+) -> AsyncGenerator[GenerationChunk, None]:
     """The engine's chunks, produced in a worker thread and handed over through a queue."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -289,7 +289,7 @@ async def generate_async(
 
 
 async def join(
-    first: GenerationChunk, rest: AsyncIterator[GenerationChunk]
+    first: GenerationChunk, rest: AsyncGenerator[GenerationChunk, None]
 ) -> tuple[str, GenerationChunk]:
     parts, last = [first.text], first
     async for chunk in rest:
@@ -300,7 +300,7 @@ async def join(
 
 def stream_events(
     first: GenerationChunk,
-    rest: AsyncIterator[GenerationChunk],
+    rest: AsyncGenerator[GenerationChunk, None],
     *,
     opening: str | None,
     render: Callable[[GenerationChunk], str],

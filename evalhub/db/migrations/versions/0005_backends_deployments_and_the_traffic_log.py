@@ -8,7 +8,7 @@ Create Date: 2026-11-28 21:25:49.720217
 from __future__ import annotations
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 import registry.tables
