@@ -23,17 +23,21 @@ class AuditEntry(BaseModel):
     after: dict | None
 
 
-def record_mutation(session: Session, mutation: Mutation) -> None:
-    """A registry listener: runs inside the mutating transaction, so both commit or neither."""
-    session.add(
-        AuditRow(
-            actor=mutation.actor,
-            action=mutation.action,
-            resource=mutation.resource,
-            before=mutation.before,
-            after=mutation.after,
-        )
+def record_mutation(session: Session, mutation: Mutation) -> AuditRow:
+    """Writes the audit entry inside the mutating transaction, so both commit or neither.
+
+    Services call `ChangeBus.record`, which writes it so and publishes the change; tokens call
+    this directly, since no one subscribes to them.
+    """
+    row = AuditRow(
+        actor=mutation.actor,
+        action=mutation.action,
+        resource=mutation.resource,
+        before=mutation.before,
+        after=mutation.after,
     )
+    session.add(row)
+    return row
 
 
 def search_audit(

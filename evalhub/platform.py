@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
-from evalhub.audit import record_mutation
 from evalhub.auth.tokens import Role, TokenCache
 from evalhub.db import migrate
+from evalhub.events import ChangeBus
 from evalhub.jobs.queue import JobQueue
 from evalhub.settings import Settings
 from registry.artifacts import ArtifactStore
@@ -23,6 +23,7 @@ class Platform:
     registry: RegistryStore
     jobs: JobQueue
     tokens: TokenCache
+    events: ChangeBus
     serving_key: str | None = field(default=None, repr=False)
 
     @classmethod
@@ -32,7 +33,8 @@ class Platform:
         if upgrade:
             migrate.upgrade(engine)
         artifacts = ArtifactStore(settings.resolved_artifact_url, cache_dir=settings.home / "cache")
-        registry = RegistryStore(engine, artifacts, listeners=[record_mutation])
+        events = ChangeBus(engine)
+        registry = RegistryStore(engine, artifacts, listeners=[events.record])
         key = settings.serving_api_key
         return cls(
             settings=settings,
@@ -40,6 +42,7 @@ class Platform:
             registry=registry,
             jobs=JobQueue(engine),
             tokens=TokenCache(engine),
+            events=events,
             serving_key=key.get_secret_value() if key else None,
         )
 
@@ -55,4 +58,5 @@ class Platform:
         self.serving_key = self.tokens.internal("evalhub-jobs", Role.VIEWER)
 
     def close(self) -> None:
+        self.events.close()
         self.engine.dispose()

@@ -13,8 +13,10 @@ from sqlalchemy import Engine, update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
-from evalhub.db.tables import ApiTokenRow, AuditRow
+from evalhub.audit import record_mutation
+from evalhub.db.tables import ApiTokenRow
 from registry.db import writer
+from registry.entities import Mutation
 from registry.errors import ErrorCode, RegistryError, already_exists, not_found
 from registry.names import check_name
 from registry.tables import utcnow
@@ -105,8 +107,9 @@ def create_token(
         session.flush()
         info = _info(row)
         after = info.model_dump(mode="json")
-        session.add(
-            AuditRow(actor=actor, action="token.create", resource=f"tokens/{name}", after=after)
+        record_mutation(
+            session,
+            Mutation(actor=actor, action="token.create", resource=f"tokens/{name}", after=after),
         )
         session.commit()
     return info, secret
@@ -129,14 +132,15 @@ def revoke_token(engine: Engine, name: str, *, actor: str) -> TokenInfo:
             row.revoked_at = utcnow()
             session.add(row)
         info = _info(row)
-        session.add(
-            AuditRow(
+        record_mutation(
+            session,
+            Mutation(
                 actor=actor,
                 action="token.revoke",
                 resource=f"tokens/{name}",
                 before=before,
                 after=info.model_dump(mode="json"),
-            )
+            ),
         )
         session.commit()
     return info

@@ -15,7 +15,6 @@ from pydantic import BaseModel
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from evalhub.audit import record_mutation
 from evalhub.finetune.errors import bad_param, missing
 from evalhub.finetune.tables import FileRow
 from evalhub.platform import Platform
@@ -98,7 +97,7 @@ def create_file(
         session.add(row)
         session.flush()
         entity = _entity(row)
-        record_mutation(
+        platform.events.record(
             session,
             Mutation(
                 actor=actor,
@@ -161,7 +160,7 @@ def delete_file(platform: Platform, file_id: str, *, actor: str = "") -> None:
             raise missing("file_id", f"no file {file_id!r}")
         before = _entity(row).model_dump()
         session.delete(row)
-        record_mutation(
+        platform.events.record(
             session,
             Mutation(actor=actor, action="file.delete", resource=f"files/{file_id}", before=before),
         )

@@ -16,7 +16,6 @@ from typing import Any
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
-from evalhub.audit import record_mutation
 from evalhub.finetune.config import TrainConfig
 from evalhub.finetune.data import ValidationReport, validate_chat_file
 from evalhub.finetune.errors import bad_param, missing
@@ -352,7 +351,7 @@ def _total_steps(config: TrainConfig, n_examples: int) -> int:
 def _audit(platform: Platform, actor: str, action: str, job_id: str, after: dict) -> None:
     with Session(writer(platform.engine)) as session:
         resource = f"fine_tuning/jobs/{job_id}"
-        record_mutation(
+        platform.events.record(
             session, Mutation(actor=actor, action=action, resource=resource, after=after)
         )
         session.commit()

@@ -10,7 +10,6 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
-from evalhub.audit import record_mutation
 from evalhub.platform import Platform
 from evalhub.serving.supervisor import (
     Supervisor,
@@ -140,7 +139,7 @@ class BackendService:
                 session.add(row)
                 session.flush()
                 backend = self._entity(row)
-                record_mutation(
+                self.platform.events.record(
                     session,
                     Mutation(
                         actor=actor,
@@ -280,7 +279,7 @@ class BackendService:
                 )
             row = session.exec(select(BackendRow).where(BackendRow.name == name)).one()
             session.delete(row)
-            record_mutation(
+            self.platform.events.record(
                 session,
                 Mutation(
                     actor=actor,

@@ -15,7 +15,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
-from evalhub.audit import record_mutation
 from evalhub.platform import Platform
 from evalhub.serving.routing import check_arms
 from evalhub.serving.tables import BackendRow, DeploymentRow
@@ -159,7 +158,7 @@ class DeploymentService:
             row = _get(session, name, lock=True)
             before = _entity(row)
             session.delete(row)
-            record_mutation(
+            self.platform.events.record(
                 session,
                 Mutation(
                     actor=actor,
@@ -273,7 +272,7 @@ class DeploymentService:
         session.add(row)
         session.flush()
         after = _entity(row)
-        record_mutation(
+        self.platform.events.record(
             session,
             Mutation(
                 actor=actor,

@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from sqlalchemy import event
 
+from evalhub.events import Change
 from evalhub.platform import Platform
 from evalhub.serving.adapters import (
     IDENTITY_PREFIX,
@@ -50,6 +50,8 @@ USER_HEADER = "x-evalhub-user"
 # OpenAI's limits for a model id and an end-user id; longer ones are refused, not clipped.
 MAX_MODEL_CHARS = 256
 MAX_USER_CHARS = 256
+#: Changes that can alter where a request goes.
+_ROUTING_ACTIONS = ("alias.", "version.", "model.", "deployment.", "backend.")
 
 
 class GatewayError(Exception):
@@ -188,9 +190,8 @@ class Gateway:
         self._rng = random.Random()
         self._sweeper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Alias moves and deployment changes made through this server reach traffic at once;
-        # those made elsewhere within the cache's half second.
-        platform.registry.add_listener(self._forget_routes)
+        # Every committed change that routing depends on, made here or by another process.
+        self._unsubscribe = platform.events.subscribe(self._on_change)
         self.requests = Counter(
             "evalhub_gateway_requests_total",
             "Gateway requests by deployment, arm and HTTP status.",
@@ -221,6 +222,7 @@ class Gateway:
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
+        self._unsubscribe()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._session is not None:
@@ -342,21 +344,16 @@ class Gateway:
         out = self.platform.settings.home / "identity" / version.digest.removeprefix("sha256:")
         return identity_adapter(base_dir, out, version.ref)
 
-    def _forget_routes(self, session: Any, mutation: Any) -> None:
-        # After the commit: a refresh that ran before it would read, and cache, the old state.
-        if not mutation.action.startswith(("alias.", "version.", "model.")):
+    def _on_change(self, change: Change) -> None:
+        """Routes follow a committed change from the next request on, and what the deployments'
+        arms now resolve to is loaded before traffic asks for it."""
+        if not change.action.startswith(_ROUTING_ACTIONS):
             return
-        # An alias that now points somewhere: "models/<name>/aliases/<alias>".
-        parts = mutation.resource.split("/")
-        moved = mutation.action.startswith("alias.") and mutation.after is not None
-        model = parts[1] if moved and len(parts) > 1 else None
-
-        def committed(_session: Any) -> None:
-            self.forget_routes()
-            if model is not None:
-                self.preload_soon(model)
-
-        event.listen(session, "after_commit", committed, once=True)
+        self.forget_routes()
+        if change.action.startswith("deployment."):
+            self.preload_soon()
+        elif change.action.startswith("alias.") and change.after is not None:
+            self.preload_soon(change.model)
 
     def forget_routes(self) -> None:
         """Drops cached routing (deployments, resolutions, backends) after a change here."""

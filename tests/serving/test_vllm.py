@@ -178,8 +178,9 @@ def test_raw_vllm_cpu_mixes_adapters_into_base_requests(stack: VllmStack) -> Non
         wrong_base = [answer for model, answer in wrong if model == "tiny/1"]
         if wrong_base:
             break
+    # Wrong, not necessarily another adapter's whole answer: a base request that shares only some
+    # of its decoding steps with adapter requests gets the last slot's adapter for those steps.
     assert wrong_base, "base requests came back right in five mixed rounds"
-    assert set(wrong_base) <= {alone["raw-a"], alone["raw-b"]}  # another adapter's answer
     for name in ("raw-a", "raw-b"):
         httpx.post(f"{root}/v1/unload_lora_adapter", json={"lora_name": name})
 

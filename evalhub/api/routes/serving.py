@@ -26,14 +26,6 @@ def backends(request: Request) -> BackendService:
     return request.app.state.backends
 
 
-def changed(request: Request, deployment: Deployment) -> Deployment:
-    """The gateway routes by the new arms from the next request on, their adapters loaded."""
-    gateway = request.app.state.gateway
-    gateway.forget_routes()
-    gateway.preload_soon()
-    return deployment
-
-
 @router.post("/backends", status_code=201, tags=["backends"])
 def create_backend(body: BackendCreate, request: Request, principal: Editor) -> Backend:
     """Start and supervise a backend process (managed) or attach to a running server by URL."""
@@ -66,7 +58,7 @@ def delete_backend(name: NamePath, request: Request, principal: Editor) -> Respo
 def create_deployment(
     body: DeploymentCreate, request: Request, platform: PlatformDep, principal: Editor
 ) -> Deployment:
-    return changed(request, DeploymentService(platform).create(body, actor=principal.name))
+    return DeploymentService(platform).create(body, actor=principal.name)
 
 
 @router.get("/deployments", tags=["deployments"])
@@ -87,7 +79,7 @@ def update_deployment(
     platform: PlatformDep,
     principal: Editor,
 ) -> Deployment:
-    return changed(request, DeploymentService(platform).update(name, body, actor=principal.name))
+    return DeploymentService(platform).update(name, body, actor=principal.name)
 
 
 @router.delete("/deployments/{name}", status_code=204, tags=["deployments"])
@@ -95,7 +87,6 @@ def delete_deployment(
     name: NamePath, request: Request, platform: PlatformDep, principal: Editor
 ) -> Response:
     DeploymentService(platform).delete(name, actor=principal.name)
-    request.app.state.gateway.forget_routes()
     return Response(status_code=204)
 
 
@@ -104,7 +95,7 @@ def rollout_deployment(
     name: NamePath, body: RolloutAction, request: Request, platform: PlatformDep, principal: Editor
 ) -> Deployment:
     """Start a rollout with steps, step to the next weight, pause, resume, or abort."""
-    return changed(request, DeploymentService(platform).rollout(name, body, actor=principal.name))
+    return DeploymentService(platform).rollout(name, body, actor=principal.name)
 
 
 @router.post("/deployments/{name}/rollback", tags=["deployments"])
@@ -112,7 +103,7 @@ def rollback_deployment(
     name: NamePath, request: Request, platform: PlatformDep, principal: Editor
 ) -> Deployment:
     """Restore the arms and weights the deployment had before its last change."""
-    return changed(request, DeploymentService(platform).rollback(name, actor=principal.name))
+    return DeploymentService(platform).rollback(name, actor=principal.name)
 
 
 @router.get("/traffic", tags=["traffic"])
