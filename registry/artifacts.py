@@ -211,7 +211,7 @@ class ArtifactStore:
         hex_digest = _hex(digest)
         key = self._blob_key(hex_digest)
         try:
-            data = self.fs.cat_file(key)
+            data = bytes(self.fs.cat_file(key))
         except FileNotFoundError:
             raise not_found(
                 f"artifact {digest} is not in the store at {self.url}; register it first"

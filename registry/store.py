@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import Engine, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -494,6 +495,25 @@ class RegistryStore:
             raise not_found(f"model {parsed.name!r} has no alias @{parsed.alias}")
         raise not_found(f"model {parsed.name!r} has no ready version yet")
 
+    def resolve_fine_tuned(self, model_id: str) -> ModelVersion:
+        """The version an OpenAI-style `ft:<base>:<suffix>:<job id>` id names: the one its
+        training job registered, with that id as its `fine_tuned_model` tag."""
+        parts = model_id.split(":")
+        if len(parts) < 4 or parts[0] != "ft" or len(model_id) > 512:
+            raise not_found(
+                f"{model_id!r} is not a fine-tuned model id (ft:<base>:<suffix>:<job id>)"
+            )
+        with self.read() as session:
+            rows = session.exec(
+                select(ModelVersionRow)
+                .where(ModelVersionRow.training_job == parts[3])
+                .order_by(col(ModelVersionRow.id))
+            )
+            for row in rows:
+                if row.tags.get("fine_tuned_model") == model_id:
+                    return self._version_entity(session, row)
+        raise not_found(f"no fine-tuned model {model_id!r}: no version was registered for it")
+
     def lineage(self, name: str, version: int) -> Lineage:
         entity = self.get_version(name, version)
         base = self.resolve(entity.base) if entity.base else None
@@ -914,7 +934,7 @@ def check_jsonl(path: Path, dataset_format: DatasetFormat, label: str | None = N
 
 
 def _mutation(actor: str, action: str, resource: str, before: Any, after: Any) -> Mutation:
-    def dump(value: Any) -> dict[str, Any] | None:
+    def dump(value: BaseModel | dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None or isinstance(value, dict):
             return value
         return value.model_dump(mode="json")

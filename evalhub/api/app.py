@@ -10,7 +10,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 
-from evalhub import __version__
+from evalhub import __version__, composition
 from evalhub.api import errors, openapi
 from evalhub.api import openai as openai_api
 from evalhub.api.middleware import BodySizeLimit, PrometheusMetrics
@@ -26,8 +26,6 @@ from evalhub.api.routes import (
     serving,
 )
 from evalhub.auth.tokens import Principal
-from evalhub.jobs.handlers import default_handlers
-from evalhub.jobs.worker import Worker
 from evalhub.platform import Platform
 from evalhub.serving.backends import BackendService
 from evalhub.serving.gateway import Gateway
@@ -61,10 +59,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = app.state.platform is None
         if owned:
-            app.state.platform = Platform.open(settings)
+            app.state.platform = composition.open_platform(settings)
         worker = None
         if run_worker:
-            worker = Worker(app.state.platform.jobs, default_handlers(app.state.platform)).start()
+            worker = composition.worker(app.state.platform).start()
         platform_ = app.state.platform
         supervisor = Supervisor(platform_.settings.home / "logs") if supervise else None
         app.state.backends = BackendService(platform_, supervisor)

@@ -57,12 +57,10 @@ def connected(settings: Settings, worker: bool = False) -> Iterator[Client]:
         if not worker or settings.url:
             yield client
             return
-        from evalhub.jobs.handlers import default_handlers
-        from evalhub.jobs.worker import Worker
-        from evalhub.platform import Platform
+        from evalhub import composition
 
-        platform = Platform.open(settings)
-        runner = Worker(platform.jobs, default_handlers(platform), poll_seconds=0.5).start()
+        platform = composition.open_platform(settings)
+        runner = composition.worker(platform, poll_seconds=0.5).start()
         try:
             yield client
         finally:

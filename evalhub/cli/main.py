@@ -104,14 +104,12 @@ def worker(
     poll: Annotated[float, typer.Option(help="Seconds between looks at the queue")] = 1.0,
 ) -> None:
     """Run a job worker (fine-tuning, evaluation) against EVALHUB_DATABASE_URL until stopped."""
-    from evalhub.jobs.handlers import default_handlers
-    from evalhub.jobs.worker import Worker
-    from evalhub.platform import Platform
+    from evalhub import composition
 
-    platform = Platform.open(Settings())
-    handlers = default_handlers(platform)
-    runner = Worker(platform.jobs, handlers, poll_seconds=poll)
-    console.print(f"worker {runner.worker_id} for {', '.join(sorted(handlers)) or 'no'} jobs")
+    platform = composition.open_platform(Settings())
+    runner = composition.worker(platform, poll_seconds=poll)
+    kinds = ", ".join(sorted(runner.handlers)) or "no"
+    console.print(f"worker {runner.worker_id} for {kinds} jobs")
     try:
         runner.run_forever()
     except KeyboardInterrupt:

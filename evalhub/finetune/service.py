@@ -39,7 +39,7 @@ from evalhub.jobs.tables import JobEventRow
 from evalhub.platform import Platform
 from registry.db import writer
 from registry.entities import ModelKind, ModelVersion, Mutation
-from registry.errors import ErrorCode, RegistryError, not_found
+from registry.errors import ErrorCode, RegistryError
 from registry.names import check_name
 from registry.store import encode_page_token
 
@@ -67,14 +67,7 @@ def output_model_name(base_name: str, suffix: str | None) -> str:
 
 def resolve_fine_tuned_model(platform: Platform, model_id: str) -> str:
     """The registry version ref (e.g. `tiny-upper/1`) a succeeded job's `ft:` model id names."""
-    parts = model_id.split(":")
-    if len(parts) < 4 or parts[0] != "ft":
-        raise not_found(f"{model_id!r} is not a fine-tuned model id (ft:<base>:<suffix>:<job id>)")
-    job = _job(platform, parts[3], param="model")
-    result = job.result or {}
-    if job.status is not JobStatus.SUCCEEDED or result.get("fine_tuned_model") != model_id:
-        raise not_found(f"no fine-tuned model {model_id!r}: job {job.id} is {job.status.value}")
-    return str(result["version_ref"])
+    return platform.registry.resolve_fine_tuned(model_id).ref
 
 
 # -- creation ----------------------------------------------------------------------------------

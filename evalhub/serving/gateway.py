@@ -293,9 +293,7 @@ class Gateway:
     def _resolve(self, model: str) -> ModelVersion | None:
         try:
             if model.startswith("ft:"):
-                from evalhub.finetune.service import resolve_fine_tuned_model
-
-                model = resolve_fine_tuned_model(self.platform, model)
+                return self.platform.registry.resolve_fine_tuned(model)
             return self.platform.registry.resolve(model)
         except RegistryError:
             return None

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
+from evalhub.composition import job_handlers
 from evalhub.finetune import files, service
 from evalhub.finetune.errors import ParamError
 from evalhub.finetune.handler import run_fine_tune
 from evalhub.finetune.protocol import FineTuneJobCreate
 from evalhub.finetune.tasks import upper_case_task, write_jsonl
 from evalhub.jobs import JobContext, JobStatus, Worker
-from evalhub.jobs.handlers import default_handlers
 from registry.errors import RegistryError
 from tests.finetune.conftest import register_tiny_base
 
@@ -69,7 +69,7 @@ def test_resume_after_the_worker_dies_matches_an_uninterrupted_run(platform, rea
     assert queue.get(interrupted.id).status is JobStatus.RUNNING
 
     assert queue.requeue_stale(timedelta(0)) == [interrupted.id]
-    worker = Worker(queue, default_handlers(platform))
+    worker = Worker(queue, job_handlers(platform))
     assert worker.run_once()
     resumed = queue.get(interrupted.id)
     assert resumed.status is JobStatus.SUCCEEDED, resumed.error
