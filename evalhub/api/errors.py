@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from evalhub.serving.openai_errors import openai_error_response
 from registry.errors import ErrorCode, RegistryError
 
 OPENAI_PREFIX = "/v1/"
@@ -46,29 +47,9 @@ CODE_BY_STATUS: dict[int, ErrorCode] = {
     422: ErrorCode.INVALID_ARGUMENT,
 }
 
-# OpenAI's error `type` per HTTP status.
-OPENAI_TYPE_BY_STATUS: dict[int, str] = {
-    401: "authentication_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    409: "invalid_request_error",
-    413: "invalid_request_error",
-}
-
 
 def error_body(code: ErrorCode | str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": str(code), "message": message}}
-
-
-def openai_error_body(
-    status: int, code: ErrorCode | str, message: str, param: str | None = None
-) -> dict[str, dict[str, Any]]:
-    error_type = OPENAI_TYPE_BY_STATUS.get(
-        status, "server_error" if status >= 500 else "invalid_request_error"
-    )
-    return {
-        "error": {"message": message, "type": error_type, "param": param, "code": str(code).lower()}
-    }
 
 
 def error_response(
@@ -81,10 +62,9 @@ def error_response(
 ) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if request is not None and request.url.path.startswith(OPENAI_PREFIX):
-        body: dict[str, Any] = openai_error_body(status, code, message, param)
-    else:
-        body = error_body(code, message)
-    return JSONResponse(body, status_code=status, headers=headers)
+        code = str(code).lower()
+        return openai_error_response(status, message, code=code, param=param, headers=headers)
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
 def _field(location: tuple[Any, ...] | list[Any]) -> str | None:

@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
 from evalhub.api.errors import OPENAI_PREFIX
+from evalhub.serving.openai_errors import OpenAIError, OpenAIErrorDetail
 from registry.errors import ErrorCode
 
 
@@ -26,19 +27,6 @@ class Error(BaseModel):
     """evalhub's error shape, on every route outside /v1."""
 
     error: ErrorDetail
-
-
-class OpenAIErrorDetail(BaseModel):
-    message: str
-    type: str = Field(description="e.g. invalid_request_error, authentication_error.")
-    param: str | None = None
-    code: str | None = None
-
-
-class OpenAIError(BaseModel):
-    """OpenAI's error shape, on the OpenAI-compatible routes under /v1."""
-
-    error: OpenAIErrorDetail
 
 
 _WHEN = {

@@ -35,6 +35,7 @@ from evalhub.serving.adapters import (
 from evalhub.serving.backends import Backend, BackendService
 from evalhub.serving.deployments import Arm, Deployment, DeploymentService
 from evalhub.serving.identity import identity_adapter
+from evalhub.serving.openai_errors import openai_error_response
 from evalhub.serving.routing import pick_arm
 from evalhub.serving.traffic import TrafficLog
 from evalhub.serving.traffic_record import RequestContext
@@ -64,15 +65,14 @@ class GatewayError(Exception):
         self.param = param
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        body = {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return openai_error_response(
+            self.status,
+            self.message,
+            type=self.type,
+            code=self.code,
+            param=self.param,
+            headers=headers,
+        )
 
 
 def model_not_found(model: str) -> GatewayError:

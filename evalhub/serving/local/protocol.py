@@ -26,17 +26,6 @@ def now() -> int:
 # -- errors ---------------------------------------------------------------------------------------
 
 
-class ErrorInfo(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: int | str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorInfo
-
-
 # -- models ---------------------------------------------------------------------------------------
 
 

@@ -37,8 +37,6 @@ from evalhub.serving.local.protocol import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
-    ErrorInfo,
-    ErrorResponse,
     LoadLoRAAdapterRequest,
     ModelCard,
     ModelList,
@@ -48,6 +46,7 @@ from evalhub.serving.local.protocol import (
     new_id,
     now,
 )
+from evalhub.serving.openai_errors import OpenAIErrorDetail, openai_error_response
 
 if TYPE_CHECKING:
     from evalhub.serving.local.engine import LocalEngine
@@ -56,15 +55,14 @@ _END = object()
 
 
 def error_response(error: ServingError) -> JSONResponse:
-    body = ErrorResponse(
-        error=ErrorInfo(
-            message=error.message,
-            type=error.error_type,
-            param=error.param,
-            code=error.status_code,
-        )
+    """vLLM's flavour of OpenAI's shape (its `type` names, the status as `code`)."""
+    return openai_error_response(
+        error.status_code,
+        error.message,
+        type=error.error_type,
+        code=error.status_code,
+        param=error.param,
     )
-    return JSONResponse(body.model_dump(), status_code=error.status_code)
 
 
 def sse(payload: dict[str, Any] | str) -> str:
@@ -321,7 +319,7 @@ def stream_events(
             yield sse("[DONE]")
         except ServingError as error:
             # Headers are sent already: report the failure in the stream, as vLLM does.
-            body = ErrorInfo(
+            body = OpenAIErrorDetail(
                 message=error.message,
                 type=error.error_type,
                 param=error.param,
