@@ -36,7 +36,7 @@ PYTEST_WORKERS ?= 2
 
 unit: install vllm
 	EVALHUB_TEST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m pytest -q \
-		-n $(PYTEST_WORKERS) --dist loadgroup
+		-n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 test: lint unit
 

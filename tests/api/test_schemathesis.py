@@ -28,7 +28,7 @@ from evalhub.settings import Settings
 from tests.conftest import DATABASES, postgres_schema
 from tests.serving.conftest import free_socket
 
-EXAMPLES = 40  # per operation: about a minute for the whole API on one core
+EXAMPLES = 25  # per operation: about a minute per database for the whole API on one core
 
 CHECKS = [
     schemathesis.checks.not_a_server_error,
