@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 
 from evalhub.db.tables import AuditRow
 from registry.entities import Mutation, Page
-from registry.store import decode_page_token, encode_page_token
+from registry.paging import decode_page_token, fetch_page, page_of
 
 
 class AuditEntry(BaseModel):
@@ -61,7 +61,5 @@ def search_audit(
     if resource_prefix:
         query = query.where(col(AuditRow.resource).startswith(resource_prefix))
     with Session(engine) as session:
-        rows = list(session.exec(query.limit(limit + 1)))
-    entries = [AuditEntry.model_validate(row, from_attributes=True) for row in rows[:limit]]
-    token = encode_page_token(rows[limit - 1].id) if len(rows) > limit else None  # type: ignore[arg-type]
-    return Page(data=entries, next_page_token=token)
+        rows, more = fetch_page(session, query, limit)
+    return page_of(rows, more, lambda row: AuditEntry.model_validate(row, from_attributes=True))

@@ -20,7 +20,7 @@ from evalhub.eval.tables import EvalCaseRow, EvalRunRow, GenerationCacheRow
 from registry.db import writer
 from registry.entities import Page
 from registry.errors import ErrorCode, RegistryError, not_found
-from registry.store import decode_page_token, encode_page_token
+from registry.paging import decode_page_token, fetch_page, page_of
 from registry.tables import utcnow
 
 RUN_ID_PREFIX = "evalrun-"
@@ -133,9 +133,8 @@ class EvalStore:
         if after is not None:
             query = query.where(col(EvalRunRow.seq) < after)
         with Session(self.engine) as session:
-            rows = list(session.exec(query.order_by(col(EvalRunRow.seq).desc()).limit(limit + 1)))
-        token = encode_page_token(rows[limit - 1].seq) if len(rows) > limit else None  # type: ignore[arg-type]
-        return Page(data=[_info(row) for row in rows[:limit]], next_page_token=token)
+            rows, more = fetch_page(session, query.order_by(col(EvalRunRow.seq).desc()), limit)
+        return page_of(rows, more, _info, key=lambda row: row.seq)
 
     def cases(
         self, run_id: str, *, limit: int = 100, page_token: str | None = None
@@ -146,10 +145,10 @@ class EvalStore:
             query = select(EvalCaseRow).where(EvalCaseRow.run_id == run_id)
             if after is not None:
                 query = query.where(col(EvalCaseRow.id) > after)
-            rows = list(session.exec(query.order_by(col(EvalCaseRow.id)).limit(limit + 1)))
-        token = encode_page_token(rows[limit - 1].id) if len(rows) > limit else None  # type: ignore[arg-type]
-        data = [EvalCaseInfo.model_validate(row, from_attributes=True) for row in rows[:limit]]
-        return Page(data=data, next_page_token=token)
+            rows, more = fetch_page(session, query.order_by(col(EvalCaseRow.id)), limit)
+        return page_of(
+            rows, more, lambda row: EvalCaseInfo.model_validate(row, from_attributes=True)
+        )
 
     def set_status(self, run_id: str, status: str, *, job_id: str | None = None) -> None:
         with Session(self._writer) as session:

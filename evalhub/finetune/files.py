@@ -20,6 +20,7 @@ from evalhub.finetune.tables import FileRow
 from evalhub.platform import Platform
 from registry.db import writer
 from registry.entities import Mutation
+from registry.paging import fetch_page
 
 PURPOSES = ("fine-tune",)
 MAX_FILENAME = 256
@@ -138,11 +139,11 @@ def list_files(
             newer = col(FileRow.seq) > cursor.seq
             query = query.where(newer if order == "asc" else col(FileRow.seq) < cursor.seq)
         ordering = col(FileRow.seq) if order == "asc" else col(FileRow.seq).desc()
-        rows = list(session.exec(query.order_by(ordering).limit(limit + 1)))
-    data = [_entity(row) for row in rows[:limit]]
+        rows, more = fetch_page(session, query.order_by(ordering), limit)
+    data = [_entity(row) for row in rows]
     return FileList(
         data=data,
-        has_more=len(rows) > limit,
+        has_more=more,
         first_id=data[0].id if data else None,
         last_id=data[-1].id if data else None,
     )

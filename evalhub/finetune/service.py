@@ -41,7 +41,7 @@ from registry.db import writer
 from registry.entities import ModelKind, ModelVersion, Mutation
 from registry.errors import ErrorCode, RegistryError
 from registry.names import check_name
-from registry.store import encode_page_token
+from registry.paging import encode_page_token, fetch_page
 
 KIND = "fine_tune"
 JOB_PREFIX = "ftjob"
@@ -471,10 +471,8 @@ def list_events(
         except ValueError:
             raise bad_param("after", f"{after!r} is not an event id (ftevent-N)") from None
     with Session(platform.engine) as session:
-        rows = list(session.exec(query.order_by(col(JobEventRow.id).desc()).limit(limit + 1)))
-    return FineTuningJobEventList(
-        data=[event_view(row) for row in rows[:limit]], has_more=len(rows) > limit
-    )
+        rows, more = fetch_page(session, query.order_by(col(JobEventRow.id).desc()), limit)
+    return FineTuningJobEventList(data=[event_view(row) for row in rows], has_more=more)
 
 
 def checkpoint_model_id(fine_tuned_model: str, step: int) -> str:
@@ -494,7 +492,7 @@ def list_checkpoints(
                 raise bad_param("after", f"no checkpoint {after!r} of job {job_id}")
             query = query.where(col(FineTuneCheckpointRow.step) < cursor.step)
         ordering = col(FineTuneCheckpointRow.step).desc()
-        rows = list(session.exec(query.order_by(ordering).limit(limit + 1)))
+        rows, more = fetch_page(session, query.order_by(ordering), limit)
     data = [
         FineTuningJobCheckpoint(
             id=row.id,
@@ -506,11 +504,11 @@ def list_checkpoints(
             step_number=row.step,
             metrics=CheckpointMetrics.model_validate(row.metrics),
         )
-        for row in rows[:limit]
+        for row in rows
     ]
     return FineTuningJobCheckpointList(
         data=data,
-        has_more=len(rows) > limit,
+        has_more=more,
         first_id=data[0].id if data else None,
         last_id=data[-1].id if data else None,
     )

@@ -20,7 +20,7 @@ from evalhub.jobs.tables import JobEventRow, JobRow
 from registry.db import writer
 from registry.entities import Page
 from registry.errors import ErrorCode, RegistryError, not_found
-from registry.store import decode_page_token, encode_page_token
+from registry.paging import decode_page_token, fetch_page, page_of
 from registry.tables import utcnow
 
 
@@ -116,9 +116,8 @@ class JobQueue:
                 col(JobRow.seq) < after if newest_first else col(JobRow.seq) > after
             )
         with Session(self.engine) as session:
-            rows = list(session.exec(query.order_by(order).limit(limit + 1)))
-        token = encode_page_token(rows[limit - 1].seq) if len(rows) > limit else None  # type: ignore[arg-type]
-        return Page(data=[_job(r) for r in rows[:limit]], next_page_token=token)
+            rows, more = fetch_page(session, query.order_by(order), limit)
+        return page_of(rows, more, _job, key=lambda row: row.seq)
 
     def add_event(
         self, job_id: str, message: str, *, level: str = "info", data: dict[str, Any] | None = None

@@ -37,6 +37,7 @@ from evalhub.serving.tables import TrafficRow
 from evalhub.serving.traffic_record import TrafficRecord
 from registry.entities import Page
 from registry.errors import invalid
+from registry.paging import fetch_page
 
 log = logging.getLogger(__name__)
 
@@ -359,12 +360,10 @@ def search_traffic(
         )
     query = query.order_by(col(TrafficRow.created_at).desc(), col(TrafficRow.id).desc())
     with Session(engine) as session:
-        rows = list(session.exec(query.limit(limit + 1)))
-    token = None
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        token = f"{last.created_at.isoformat()}|{last.id}"
+        rows, more = fetch_page(session, query, limit)
+    # The key is (time, id): records are listed by when they were made, not stored.
+    token = f"{rows[-1].created_at.isoformat()}|{rows[-1].id}" if more else None
     return Page(
-        data=[TrafficRecord.model_validate(r, from_attributes=True) for r in rows[:limit]],
+        data=[TrafficRecord.model_validate(r, from_attributes=True) for r in rows],
         next_page_token=token,
     )

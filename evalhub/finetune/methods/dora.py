@@ -1,6 +1,7 @@
 """DoRA: LoRA with a learned magnitude per output feature (peft `use_dora`).
 
-vLLM cannot load DoRA adapters; the serving layer merges them into a full model instead.
+The local backend serves DoRA adapters as they are. vLLM refuses to load them (HTTP 500 from
+`/v1/load_lora_adapter`); merging them into a full model for vLLM is not built yet.
 """
 
 from __future__ import annotations
@@ -26,5 +27,5 @@ register_method(
     options_type=DoraOptions,
     apply=apply_dora,
     output="adapter",
-    description="Weight-decomposed LoRA; served merged because vLLM refuses DoRA adapters.",
+    description="Weight-decomposed LoRA; the local backend serves it, vLLM refuses it.",
 )
