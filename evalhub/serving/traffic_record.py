@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from evalhub.serving.tables import TrafficRow
+from registry.entities import ModelVersion
 from registry.tables import utcnow
 
 MAX_INT = 2**63 - 1
@@ -91,6 +92,16 @@ class RequestContext:
     arm: str | None = None
     version: str | None = None
     digest: str | None = None
+    #: The registered model of `version`: with it, the version's price.
+    registered_model: str | None = None
+
+    def routed_to(self, deployment: str | None, arm: str | None, version: ModelVersion) -> None:
+        """Where the request went (again, after a failover)."""
+        self.deployment = deployment
+        self.arm = arm
+        self.version = version.ref
+        self.digest = version.digest
+        self.registered_model = version.model
 
     @property
     def seconds(self) -> float:
