@@ -10,11 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlmodel import Session, col, select
 
 from evalhub.finetune.protocol import FineTuningJob
-from evalhub.finetune.service import _job, job_view
-from evalhub.jobs.tables import JobEventRow
+from evalhub.finetune.service import find_job, job_view
 from evalhub.platform import Platform
 from registry.errors import invalid
 
@@ -70,13 +68,7 @@ def _params(view: FineTuningJob) -> dict[str, Any]:
 
 
 def _series(platform: Platform, job_id: str) -> list[MetricPoint]:
-    query = (
-        select(JobEventRow)
-        .where(JobEventRow.job_id == job_id)
-        .order_by(col(JobEventRow.id))  # a resumed job repeats steps: the later value wins
-    )
-    with Session(platform.engine) as session:
-        rows = session.exec(query).all()
+    rows = platform.jobs.events(job_id, limit=None)  # a resumed job repeats steps: the later wins
     points: dict[int, MetricPoint] = {}
     for row in rows:
         data = row.data or {}
@@ -86,7 +78,7 @@ def _series(platform: Platform, job_id: str) -> list[MetricPoint]:
 
 
 def run_metrics(platform: Platform, job_id: str) -> RunMetrics:
-    job = _job(platform, job_id)
+    job = find_job(platform, job_id)
     view = job_view(job)
     series = _series(platform, job_id)
     result = job.result or {}

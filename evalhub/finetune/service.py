@@ -34,14 +34,13 @@ from evalhub.finetune.protocol import (
     JobError,
 )
 from evalhub.finetune.tables import FineTuneCheckpointRow
-from evalhub.jobs.queue import Job, JobStatus, new_job_id
-from evalhub.jobs.tables import JobEventRow
+from evalhub.jobs.queue import Job, JobEvent, JobStatus, new_job_id
 from evalhub.platform import Platform
 from registry.db import writer
 from registry.entities import ModelKind, ModelVersion, Mutation
 from registry.errors import ErrorCode, RegistryError
 from registry.names import check_name
-from registry.paging import encode_page_token, fetch_page
+from registry.paging import fetch_page
 
 KIND = "fine_tune"
 JOB_PREFIX = "ftjob"
@@ -353,7 +352,8 @@ def _audit(platform: Platform, actor: str, action: str, job_id: str, after: dict
 # -- reading -----------------------------------------------------------------------------------
 
 
-def _job(platform: Platform, job_id: str, param: str = "fine_tuning_job_id") -> Job:
+def find_job(platform: Platform, job_id: str, param: str = "fine_tuning_job_id") -> Job:
+    """The fine-tuning job `job_id`; a 404 naming `param` when there is none."""
     try:
         job = platform.jobs.get(job_id)
     except RegistryError as error:
@@ -410,7 +410,7 @@ def job_view(job: Job) -> FineTuningJob:
 
 
 def get_job(platform: Platform, job_id: str) -> FineTuningJob:
-    return job_view(_job(platform, job_id))
+    return job_view(find_job(platform, job_id))
 
 
 def list_jobs(
@@ -419,25 +419,15 @@ def list_jobs(
     """Newest first; `after` is the last job id of the previous page."""
     token = None
     if after:
-        seq = _seq(platform, _job(platform, after, param="after").id)
-        token = encode_page_token(seq)
+        token = platform.jobs.page_token_after(find_job(platform, after, param="after").id)
     page = platform.jobs.search(kind=KIND, limit=limit, page_token=token)
     return FineTuningJobList(
         data=[job_view(job) for job in page.data], has_more=page.next_page_token is not None
     )
 
 
-def _seq(platform: Platform, job_id: str) -> int:
-    from evalhub.jobs.tables import JobRow
-
-    with Session(platform.engine) as session:
-        row = session.get(JobRow, job_id)
-        assert row is not None and row.seq is not None
-        return row.seq
-
-
 def cancel_job(platform: Platform, job_id: str, *, actor: str = "") -> FineTuningJob:
-    _job(platform, job_id)
+    find_job(platform, job_id)
     job = platform.jobs.cancel(job_id, actor=actor)
     _audit(platform, actor, "fine_tuning_job.cancel", job_id, {"status": job.status.value})
     return job_view(job)
@@ -446,7 +436,7 @@ def cancel_job(platform: Platform, job_id: str, *, actor: str = "") -> FineTunin
 _LEVELS = {"warning": "warn", "warn": "warn", "error": "error"}
 
 
-def event_view(row: JobEventRow) -> FineTuningJobEvent:
+def event_view(row: JobEvent) -> FineTuningJobEvent:
     data = dict(row.data) if row.data else None
     kind = "metrics" if data and data.pop("type", None) == "metrics" else "message"
     return FineTuningJobEvent(
@@ -463,15 +453,14 @@ def list_events(
     platform: Platform, job_id: str, *, after: str | None = None, limit: int = 20
 ) -> FineTuningJobEventList:
     """Newest first, like OpenAI; `after` is the last event id of the previous page."""
-    _job(platform, job_id)
-    query = select(JobEventRow).where(JobEventRow.job_id == job_id)
+    find_job(platform, job_id)
+    before = None
     if after:
         try:
-            query = query.where(col(JobEventRow.id) < int(after.removeprefix("ftevent-")))
+            before = int(after.removeprefix("ftevent-"))
         except ValueError:
             raise bad_param("after", f"{after!r} is not an event id (ftevent-N)") from None
-    with Session(platform.engine) as session:
-        rows, more = fetch_page(session, query.order_by(col(JobEventRow.id).desc()), limit)
+    rows, more = platform.jobs.latest_events(job_id, before=before, limit=limit)
     return FineTuningJobEventList(data=[event_view(row) for row in rows], has_more=more)
 
 
@@ -483,7 +472,7 @@ def list_checkpoints(
     platform: Platform, job_id: str, *, after: str | None = None, limit: int = 10
 ) -> FineTuningJobCheckpointList:
     """Newest first; `after` is the last checkpoint id of the previous page."""
-    job = _job(platform, job_id)
+    job = find_job(platform, job_id)
     query = select(FineTuneCheckpointRow).where(FineTuneCheckpointRow.job_id == job_id)
     with Session(platform.engine) as session:
         if after:

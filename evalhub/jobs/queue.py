@@ -20,7 +20,7 @@ from evalhub.jobs.tables import JobEventRow, JobRow
 from registry.db import writer
 from registry.entities import Page
 from registry.errors import ErrorCode, RegistryError, not_found
-from registry.paging import decode_page_token, fetch_page, page_of
+from registry.paging import decode_page_token, encode_page_token, fetch_page, page_of
 from registry.tables import utcnow
 
 
@@ -126,14 +126,38 @@ class JobQueue:
             session.add(JobEventRow(job_id=job_id, level=level, message=message, data=data))
             session.commit()
 
-    def events(self, job_id: str, *, after: int | None = None, limit: int = 1000) -> list[JobEvent]:
+    def events(
+        self, job_id: str, *, after: int | None = None, limit: int | None = 1000
+    ) -> list[JobEvent]:
+        """Oldest first, from after event id `after`; `limit=None` reads them all."""
         with Session(self.engine) as session:
             _get(session, job_id)
             query = select(JobEventRow).where(JobEventRow.job_id == job_id)
             if after is not None:
                 query = query.where(col(JobEventRow.id) > after)
-            rows = session.exec(query.order_by(col(JobEventRow.id)).limit(limit))
-            return [JobEvent.model_validate(r, from_attributes=True) for r in rows]
+            query = query.order_by(col(JobEventRow.id))
+            if limit is not None:
+                query = query.limit(limit)
+            return [_event(row) for row in session.exec(query)]
+
+    def latest_events(
+        self, job_id: str, *, before: int | None = None, limit: int = 20
+    ) -> tuple[list[JobEvent], bool]:
+        """Newest first, from before event id `before`; and whether there are more."""
+        with Session(self.engine) as session:
+            _get(session, job_id)
+            query = select(JobEventRow).where(JobEventRow.job_id == job_id)
+            if before is not None:
+                query = query.where(col(JobEventRow.id) < before)
+            rows, more = fetch_page(session, query.order_by(col(JobEventRow.id).desc()), limit)
+            return [_event(row) for row in rows], more
+
+    def page_token_after(self, job_id: str) -> str:
+        """The `search` page token that continues after this job (a client-facing cursor)."""
+        with Session(self.engine) as session:
+            seq = _get(session, job_id).seq
+        assert seq is not None, "every job is given its seq when submitted"
+        return encode_page_token(seq)
 
     def set_status(self, job_id: str, status: JobStatus, message: str | None = None) -> Job:
         """For phases before a worker owns the job (e.g. validating files before queueing)."""
@@ -267,3 +291,7 @@ def _get(session: Session, job_id: str, *, lock: bool = False) -> JobRow:
 
 def _job(row: JobRow) -> Job:
     return Job.model_validate(row, from_attributes=True)
+
+
+def _event(row: JobEventRow) -> JobEvent:
+    return JobEvent.model_validate(row, from_attributes=True)
