@@ -40,7 +40,6 @@ from evalhub.eval.scoring import score_run
 from evalhub.eval.suite import (
     MetricSpec,
     Problem,
-    SamplingParams,
     SliceSpec,
     Suite,
     SuiteConfig,
@@ -48,6 +47,7 @@ from evalhub.eval.suite import (
     load_cases,
     load_suite,
 )
+from evalhub.sampling import SamplingParams
 
 __all__ = [
     "EXIT_CODES",

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from evalhub.eval.suite import SamplingParams
+from evalhub.sampling import SamplingParams
 
 
 @runtime_checkable

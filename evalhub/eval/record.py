@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from evalhub.eval.suite import MetricSpec, SamplingParams, SliceSpec
+from evalhub.eval.suite import MetricSpec, SliceSpec
+from evalhub.sampling import SamplingParams
 
 SCHEMA_VERSION: Literal[1] = 1
 

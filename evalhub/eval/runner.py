@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from evalhub.eval.cache import GenerationCache, generation_key
 from evalhub.eval.record import CaseResult, EvalRun, GenerationRecord, TargetInfo, utc_now
 from evalhub.eval.scoring import score_run
-from evalhub.eval.suite import SamplingParams, Suite
+from evalhub.eval.suite import Suite
+from evalhub.sampling import SamplingParams
 
 
 class Target(BaseModel):
@@ -129,7 +130,7 @@ def _request(model: str, messages: list[dict[str, Any]], sampling: SamplingParam
     if sampling.seed is not None:
         request["seed"] = sampling.seed
     if sampling.stop:
-        request["stop"] = sampling.stop
+        request["stop"] = list(sampling.stop)
     if sampling.top_p is not None:
         request["top_p"] = sampling.top_p
     return request

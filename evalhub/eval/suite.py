@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from evalhub.eval.case import Case, Message, render_messages
 from evalhub.eval.metric_policy import LOCAL, MetricPolicy
+from evalhub.sampling import SamplingParams
 from registry import json_limits
 
 MAX_PROBLEMS = 50
@@ -25,16 +26,8 @@ DatasetResolver = Callable[[str], Path]
 """Turns a registry dataset reference (`name`, `name/3`, `name@alias`) into a local JSONL path."""
 
 
-class SamplingParams(BaseModel):
-    """Sampling for the target model; part of the generation cache key."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float = Field(default=0.0, ge=0.0)
-    max_tokens: int = Field(default=256, gt=0)
-    seed: int | None = 0
-    stop: list[str] = Field(default_factory=list)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+#: A suite's sampling unless it says otherwise: greedy, reproducible, bounded.
+SUITE_SAMPLING = {"temperature": 0.0, "max_tokens": 256, "seed": 0}
 
 
 class MetricSpec(BaseModel):
@@ -79,10 +72,15 @@ class SuiteConfig(BaseModel):
     dataset: str = Field(min_length=1)
     prompt: list[Message] | None = None
     vars: dict[str, Any] = Field(default_factory=dict)
-    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(**SUITE_SAMPLING))
     metrics: list[MetricSpec] = Field(min_length=1)
     repeats: int = Field(default=1, ge=1)
     slices: list[SliceSpec] = Field(default_factory=list)
+
+    @field_validator("sampling", mode="before")
+    @classmethod
+    def _suite_defaults(cls, value: Any) -> Any:
+        return {**SUITE_SAMPLING, **value} if isinstance(value, dict) else value
 
     @field_validator("version", mode="before")
     @classmethod

@@ -101,7 +101,11 @@ def run_metrics(platform: Platform, job_id: str) -> RunMetrics:
     )
 
 
-def compare_runs(platform: Platform, job_ids: list[str]) -> RunComparison:
+def compare_jobs(platform: Platform, job_ids: list[str]) -> RunComparison:
+    """Fine-tuning jobs side by side: parameters (those that differ named) and final metrics.
+
+    Not `evalhub.eval.compare_runs`, which pairs two eval runs case by case for statistics.
+    """
     unique = list(dict.fromkeys(job_ids))
     if not 2 <= len(unique) <= MAX_COMPARED:
         raise invalid(f"compare 2 to {MAX_COMPARED} different fine-tuning jobs")

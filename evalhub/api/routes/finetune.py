@@ -15,7 +15,7 @@ from evalhub.api.deps import PlatformDep, Viewer
 from evalhub.api.routes.uploads import uploaded_file
 from evalhub.finetune.data import ValidationReport, validate_chat_file
 from evalhub.finetune.estimate import estimate
-from evalhub.finetune.runs import RunComparison, RunMetrics, compare_runs, run_metrics
+from evalhub.finetune.runs import RunComparison, RunMetrics, compare_jobs, run_metrics
 from evalhub.finetune.service import _tokenizer, context_length, resolve_base
 from registry.errors import invalid
 
@@ -87,7 +87,7 @@ def compare_fine_tuning_runs(
     job: Annotated[list[str], Query(description="Two or more fine-tuning job ids")],
 ) -> RunComparison:
     """Runs side by side: their parameters (and which differ), final and summary metrics."""
-    return compare_runs(platform, job)
+    return compare_jobs(platform, job)
 
 
 @router.get("/runs/{job_id}/metrics")

@@ -25,13 +25,13 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from evalhub.sampling import SamplingParams
 from evalhub.serving.local.errors import ServingError, bad_request, model_not_found, not_found
 from evalhub.serving.local.generation import (
     FinishReason,
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
-    SamplingParams,
     collect,
     first_stop,
     partial_stop_length,
@@ -295,7 +295,7 @@ def _next_token(logits: torch.Tensor, sampling: SamplingParams, generator: torch
     if sampling.greedy:
         return int(torch.argmax(logits))
     probabilities = torch.softmax(logits / sampling.temperature, dim=-1)
-    if sampling.top_p < 1.0:
+    if sampling.top_p is not None and sampling.top_p < 1.0:
         sorted_probs, order = torch.sort(probabilities, descending=True)
         # Keep the smallest set of top tokens whose mass reaches top_p (the first always stays).
         outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= sampling.top_p

@@ -24,8 +24,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from evalhub.sampling import SamplingParams
 from evalhub.serving.local.errors import ServingError, bad_request, model_not_found
-from evalhub.serving.local.generation import GenerationChunk, GenerationRequest, SamplingParams
+from evalhub.serving.local.generation import GenerationChunk, GenerationRequest
 from evalhub.serving.local.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -244,7 +245,7 @@ def sampling_params(body: SamplingFields, max_tokens: int | None) -> SamplingPar
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
+        top_p=body.top_p,
         seed=body.seed,
         stop=body.stop_strings(),
     )
