@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from evalhub.jobs.worker import Handler, JobContext, Worker
+from evalhub.monitoring.scheduler import Flush, MonitorScheduler
 from evalhub.platform import Platform
 from evalhub.settings import Settings
 
@@ -34,6 +35,13 @@ def job_handlers(platform: Platform) -> dict[str, Handler]:
         return eval_handler(platform)(context)
 
     return {"fine_tune": fine_tune, "eval": evaluate}
+
+
+def monitor_scheduler(platform: Platform, flush: Flush | None = None) -> MonitorScheduler | None:
+    """The scheduled monitor passes of `evalhub serve` (not started); None when turned off.
+    `flush` waits for the server's traffic log (see `run_pass`)."""
+    interval = platform.settings.monitor_interval
+    return MonitorScheduler(platform, interval, flush) if interval > 0 else None
 
 
 def worker(platform: Platform, **options: Any) -> Worker:

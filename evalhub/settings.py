@@ -68,6 +68,16 @@ class Settings(BaseSettings):
         description="Per-model prices per million tokens for the `cost` metric, as JSON: "
         '{"model": {"prompt": 0.15, "completion": 0.6}}.',
     )
+    feedback_scales: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {"thumbs": (0.0, 1.0), "rating": (1.0, 5.0)},
+        description="Feedback names and the range of their scores, as JSON: "
+        '{"thumbs": [0, 1], "rating": [1, 5]}; feedback of another name is refused.',
+    )
+    monitor_interval: float = Field(
+        default=10.0,
+        description="Seconds between the monitor passes (online scoring, the rollout "
+        "controller) that `evalhub serve` runs; 0 turns them off (run `evalhub monitor run`).",
+    )
     vllm_python: str = Field(
         default=".vllm-venv/bin/python",
         description="The Python that runs vLLM (its own virtualenv; the GPU or the CPU build).",

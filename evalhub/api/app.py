@@ -23,6 +23,7 @@ from evalhub.api.routes import (
     gateway,
     health,
     models,
+    monitoring,
     serving,
 )
 from evalhub.auth.tokens import Principal
@@ -47,11 +48,13 @@ def create_app(
     local_principal: Principal | None = None,
     run_worker: bool = False,
     supervise: bool = False,
+    monitor: bool = False,
 ) -> FastAPI:
     """`local_principal` skips token checks: the CLI's in-process mode on the user's own home.
 
     `run_worker` runs a job worker in the server process (what `evalhub serve` does by default);
-    `supervise` lets it start and restart managed backend processes.
+    `supervise` lets it start and restart managed backend processes; `monitor` runs the
+    scheduled monitor passes (online scoring, the rollout controller).
     """
     settings = settings or (platform.settings if platform else Settings())
 
@@ -70,9 +73,18 @@ def create_app(
         await app.state.gateway.start()
         if supervisor is not None:
             await asyncio.to_thread(app.state.backends.restart_managed)
+        scheduler = (
+            composition.monitor_scheduler(platform_, app.state.gateway.traffic.flush)
+            if monitor
+            else None
+        )
+        if scheduler is not None:
+            scheduler.start()
         try:
             yield
         finally:
+            if scheduler is not None:
+                scheduler.stop()
             await app.state.gateway.close()
             if supervisor is not None:
                 supervisor.close()
@@ -97,7 +109,7 @@ def create_app(
     app.state.metrics = CollectorRegistry()
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (models, aliases, datasets, evals, finetune, serving, admin):
+    for module in (models, aliases, datasets, evals, finetune, serving, monitoring, admin):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(openai_api.router)

@@ -9,6 +9,7 @@ import typer
 
 from evalhub.cli.eval import eval_app, gate_command
 from evalhub.cli.finetune import finetune_app
+from evalhub.cli.monitor import monitor_app
 from evalhub.cli.output import api_errors, console, fail, fields, print_json, table
 from evalhub.cli.registry import alias_app, datasets_app, models_app, versions_app
 from evalhub.cli.serving import backend_app, deploy_app, traffic
@@ -33,6 +34,7 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(backend_app, name="backend")
 app.add_typer(deploy_app, name="deploy")
+app.add_typer(monitor_app, name="monitor")
 app.command()(traffic)
 app.command("gate")(gate_command)
 
@@ -65,7 +67,9 @@ def serve(
             soft_wrap=True,
         )
     platform.serve_registry_models_at(f"http://{_reachable(host)}:{port}/v1")
-    app_ = create_app(platform=platform, run_worker=settings.run_worker, supervise=True)
+    app_ = create_app(
+        platform=platform, run_worker=settings.run_worker, supervise=True, monitor=True
+    )
     # What start-up built lives as long as the server: keep it out of every later collection,
     # which would otherwise walk it and stall requests in flight.
     gc.collect()

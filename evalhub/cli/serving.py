@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -92,6 +94,22 @@ def backend_delete(name: str) -> None:
     with api_errors(), Client.connect() as client:
         client.delete(f"/backends/{name}")
     console.print(f"deleted backend {name}")
+
+
+def _json_option(option: str, text: str) -> dict:
+    """JSON given inline or, after an @, in a file."""
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as error:
+            fail(f"{option}: cannot read {text[1:]}: {error}")
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        fail(f"{option} is not JSON: {error}")
+    if not isinstance(value, dict):
+        fail(f"{option} takes a JSON object")
+    return value
 
 
 def _parse_arm(text: str) -> dict:
@@ -185,6 +203,31 @@ def deploy_set_weights(
         _print_deployment(client.patch(f"/deployments/{name}", {"arms": arms}))
 
 
+@deploy_app.command("monitoring")
+def deploy_monitoring(
+    name: str,
+    sample_rate: Annotated[float, typer.Option(help="Share of requests scored, 0 to 1")] = 0.1,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(
+            help='An online metric: a name, or JSON such as \'{"name": "regex", '
+            '"pattern": "^OK"}\'; repeat for several'
+        ),
+    ] = None,
+) -> None:
+    """Score a sample of the deployment's answers with reference-free metrics, off the request
+    path; the scores feed `evalhub monitor` and the rollout controller."""
+    metrics = [
+        _json_option("--metric", text) if text.startswith(("{", "@")) else {"name": text}
+        for text in metric or []
+    ]
+    body = {"monitoring": {"sample_rate": sample_rate, "metrics": metrics}}
+    with api_errors(), Client.connect() as client:
+        deployment = client.patch(f"/deployments/{name}", body)
+    names = ", ".join(m["name"] for m in deployment["monitoring"]["metrics"]) or "no metrics"
+    console.print(f"{name}: {sample_rate:g} of requests scored by {names}", highlight=False)
+
+
 @deploy_app.command("rollout")
 def deploy_rollout(
     name: str,
@@ -194,9 +237,21 @@ def deploy_rollout(
     ] = None,
     candidate: Annotated[str | None, typer.Option(help="For start: the candidate arm")] = None,
     control: Annotated[str | None, typer.Option(help="For start: the control arm")] = None,
+    analysis: Annotated[
+        str | None,
+        typer.Option(
+            help="For start: the controller's analysis as JSON, or @FILE, e.g. "
+            '\'{"guards": [{"name": "json_valid", "margin": 0.05}], "min_requests": 100}\''
+        ),
+    ] = None,
 ) -> None:
-    """Walk the candidate arm's weight through steps; abort puts all weight on control."""
+    """Walk the candidate arm's weight through steps; abort puts all weight on control.
+
+    With --analysis the rollout controller steps it, pauses it or rolls it back by itself.
+    """
     body: dict = {"action": action, "candidate": candidate, "control": control}
+    if analysis:
+        body["analysis"] = _json_option("--analysis", analysis)
     if steps:
         try:
             body["steps"] = [float(s) for s in steps.split(",")]

@@ -53,6 +53,20 @@ def upper_case_task(
     return examples
 
 
+def json_task(
+    n: int, seed: int = 0, split: Split = "train", min_words: int = 2, max_words: int = 4
+) -> list[dict[str, Any]]:
+    """`n` chat examples "json: cat dog" -> '{"words": ["cat", "dog"]}': an answer format that a
+    deployment can check online (json_valid) and a bad adapter breaks."""
+    rows = upper_case_task(n, seed, split, min_words, max_words)
+    for row in rows:
+        user, assistant = row["messages"]
+        words = user["content"].removeprefix("upper: ").split()
+        user["content"] = "json: " + " ".join(words)
+        assistant["content"] = json.dumps({"words": words})
+    return rows
+
+
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
     """Write one JSON object a line (the OpenAI fine-tuning file format)."""
     path.parent.mkdir(parents=True, exist_ok=True)

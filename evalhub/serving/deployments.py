@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session, col, select
 
 from evalhub.platform import Platform
@@ -52,12 +52,67 @@ class DeploymentCreate(BaseModel):
     arms: list[Arm] = Field(max_length=16)
 
 
+class OnlineMetric(BaseModel):
+    """`{"name": "json_schema", "schema": {...}}`: a metric name and its options, side by side."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(max_length=64)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Monitoring(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    metrics: list[OnlineMetric] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Monitoring:
+        names = [metric.name for metric in self.metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a metric is named more than once: {names}")
+        return self
+
+
+class GuardSpec(BaseModel):
+    """A guard metric of a rollout's analysis (see `monitors.rollout`)."""
+
+    model_config = STRICT
+
+    name: str = Field(
+        max_length=80,
+        description='"error_rate", "latency_p95", "drift", an online metric (json_valid, ...) or '
+        '"feedback:<name>"',
+    )
+    margin: float = Field(default=0.0, ge=0.0, le=1e6, description="tolerated degradation")
+    direction: Literal["higher_is_better", "lower_is_better"] | None = None
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="an online metric's options, e.g. a JSON schema"
+    )
+
+
+class RolloutAnalysis(BaseModel):
+    model_config = STRICT
+
+    guards: list[GuardSpec] = Field(min_length=1, max_length=16)
+    min_requests: int = Field(default=200, ge=1, le=10_000_000, description="per step")
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    max_wait_seconds: float = Field(default=3600.0, gt=0.0, le=30 * 86400)
+
+
 class DeploymentUpdate(BaseModel):
     model_config = STRICT
 
     arms: list[Arm] | None = Field(default=None, max_length=16)
     sticky: Sticky | None = None
     failover: bool | None = None
+    monitoring: Monitoring | None = Field(
+        default=None, description="online scoring of sampled traffic: sample_rate and metrics"
+    )
 
 
 class Rollout(BaseModel):
@@ -67,6 +122,7 @@ class Rollout(BaseModel):
     index: int
     status: Literal["running", "paused", "completed", "aborted", "rolled_back"]
     updated_at: datetime
+    analysis: RolloutAnalysis | None = None
 
 
 class RolloutAction(BaseModel):
@@ -85,6 +141,10 @@ class RolloutAction(BaseModel):
     candidate: str | None = Field(
         default=None, max_length=64, description="arm name (default: the second)"
     )
+    analysis: RolloutAnalysis | None = Field(
+        default=None,
+        description="start only: the controller steps, holds or rolls back by these guards",
+    )
 
 
 class Deployment(BaseModel):
@@ -94,6 +154,7 @@ class Deployment(BaseModel):
     failover: bool
     arms: list[Arm]
     rollout: Rollout | None
+    monitoring: Monitoring | None = None
     revision: int
     previous_arms: list[Arm] | None
     created_at: datetime
@@ -151,6 +212,8 @@ class DeploymentService:
                 row.sticky = body.sticky
             if body.failover is not None:
                 row.failover = body.failover
+            if body.monitoring is not None:
+                row.monitoring = body.monitoring.model_dump(mode="json")
             return self._commit(session, row, actor, "deployment.update", before)
 
     def delete(self, name: str, *, actor: str) -> None:
@@ -297,12 +360,17 @@ def _start_rollout(arms: list[dict[str, Any]], body: RolloutAction) -> dict[str,
     steps = body.steps if body.steps is not None else [5, 25, 50, 100]
     if any(not 0 < step <= 100 for step in steps) or steps != sorted(steps):
         raise invalid(f"rollout steps must rise within (0, 100], got {steps}")
+    if body.analysis is not None and steps[-1] != 100:
+        raise invalid(
+            f"a rollout under analysis ends at 100 (the candidate takes over), not {steps[-1]}"
+        )
     return {
         "control": control,
         "candidate": candidate,
         "steps": steps,
         "index": 0,
         "status": "running",
+        "analysis": body.analysis.model_dump(mode="json") if body.analysis else None,
     }
 
 
@@ -342,6 +410,7 @@ def _entity(row: DeploymentRow) -> Deployment:
         failover=row.failover,
         arms=[Arm(**arm) for arm in row.arms],
         rollout=Rollout(**row.rollout) if row.rollout else None,
+        monitoring=Monitoring(**row.monitoring) if row.monitoring else None,
         revision=row.revision,
         previous_arms=[Arm(**arm) for arm in row.previous_arms] if row.previous_arms else None,
         created_at=row.created_at,

@@ -45,6 +45,11 @@ class DeploymentRow(SQLModel, table=True):
     failover: bool = Field(default=False, description="send a failed request to the control arm")
     arms: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     rollout: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    monitoring: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(JSON, nullable=True),
+        description="online scoring: sample_rate and metrics",
+    )
     revision: int = Field(default=1, description="bumped on every change of arms or weights")
     previous_arms: list[dict[str, Any]] | None = Field(
         default=None, sa_column=Column(JSON, nullable=True)

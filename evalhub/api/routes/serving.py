@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from evalhub.api.deps import Editor, NamePath, PlatformDep, Viewer
+from evalhub.monitoring.controller import check_analysis
+from evalhub.monitoring.online import check_metrics
 from evalhub.serving.backends import Backend, BackendCreate, BackendService
 from evalhub.serving.deployments import (
     Deployment,
@@ -18,6 +20,7 @@ from evalhub.serving.deployments import (
 from evalhub.serving.traffic import search_traffic
 from evalhub.serving.traffic_record import TrafficRecord
 from registry.entities import Page
+from registry.errors import invalid
 
 router = APIRouter()
 
@@ -79,6 +82,8 @@ def update_deployment(
     platform: PlatformDep,
     principal: Editor,
 ) -> Deployment:
+    if body.monitoring is not None:
+        check_metrics(platform, body.monitoring.metrics)
     return DeploymentService(platform).update(name, body, actor=principal.name)
 
 
@@ -94,7 +99,15 @@ def delete_deployment(
 def rollout_deployment(
     name: NamePath, body: RolloutAction, request: Request, platform: PlatformDep, principal: Editor
 ) -> Deployment:
-    """Start a rollout with steps, step to the next weight, pause, resume, or abort."""
+    """Start a rollout with steps, step to the next weight, pause, resume, or abort.
+
+    A rollout started with an `analysis` is stepped, paused or rolled back by the rollout
+    controller, which compares the candidate with the control on the analysis' guard metrics.
+    """
+    if body.analysis is not None:
+        if body.action != "start":
+            raise invalid("an analysis is given when a rollout starts")
+        check_analysis(platform, body.analysis)
     return DeploymentService(platform).rollout(name, body, actor=principal.name)
 
 

@@ -1,0 +1,91 @@
+"""Feedback on gateway answers, rollout decisions, and monitor passes on demand."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from evalhub.api.deps import Editor, NamePath, PlatformDep, Viewer
+from evalhub.monitoring.controller import Controller, RolloutDecision
+from evalhub.monitoring.feedback import Feedback, FeedbackCreate, FeedbackService
+from evalhub.monitoring.scheduler import PassReport, run_pass
+from registry.entities import Page
+
+router = APIRouter()
+
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def feedback_service(request: Request, platform: PlatformDep) -> FeedbackService:
+    gateway = getattr(request.app.state, "gateway", None)
+    return FeedbackService(platform, flush=gateway.traffic.flush if gateway else None)
+
+
+@router.post("/feedback", status_code=201, tags=["feedback"])
+def post_feedback(
+    body: FeedbackCreate, request: Request, platform: PlatformDep, principal: Viewer
+) -> Feedback:
+    """Score a gateway answer by its X-Evalhub-Request-Id; a second score of the same name for
+    the same request replaces the first (`replaced` says so)."""
+    return feedback_service(request, platform).post(body, actor=principal.name)
+
+
+@router.get("/feedback", tags=["feedback"])
+def list_feedback(
+    request: Request,
+    platform: PlatformDep,
+    _: Viewer,
+    deployment: Annotated[str | None, Query(max_length=128)] = None,
+    arm: Annotated[str | None, Query(max_length=64)] = None,
+    version: Annotated[str | None, Query(max_length=160, description="e.g. bot/3")] = None,
+    name: Annotated[str | None, Query(max_length=64)] = None,
+    request_id: Annotated[str | None, Query(max_length=64)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Limit = 100,
+    page_token: Annotated[str | None, Query(max_length=200)] = None,
+) -> Page[Feedback]:
+    """Newest first."""
+    return feedback_service(request, platform).search(
+        deployment=deployment,
+        arm=arm,
+        version=version,
+        name=name,
+        request_id=request_id,
+        since=since,
+        until=until,
+        limit=limit,
+        page_token=page_token,
+    )
+
+
+@router.get("/deployments/{name}/decisions", tags=["deployments"])
+def list_decisions(
+    name: NamePath,
+    platform: PlatformDep,
+    _: Viewer,
+    limit: Limit = 100,
+    page_token: Annotated[str | None, Query(max_length=200)] = None,
+) -> Page[RolloutDecision]:
+    """The rollout controller's decisions, newest first, each with its numbers and reason."""
+    return Controller(platform).decisions(name, limit=limit, page_token=page_token)
+
+
+class MonitorRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deployment: str | None = Field(default=None, max_length=128)
+
+
+@router.post("/monitors/run", tags=["monitors"])
+def run_monitors(
+    body: MonitorRun, request: Request, platform: PlatformDep, _: Editor
+) -> PassReport:
+    """One monitor pass now: score sampled traffic, then decide every rollout under analysis.
+
+    It sees every request this server answered before the pass began."""
+    gateway = getattr(request.app.state, "gateway", None)
+    return run_pass(platform, body.deployment, flush=gateway.traffic.flush if gateway else None)

@@ -1,0 +1,79 @@
+"""Feedback, online scores and rollout decisions, linked to the traffic log by request id."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from registry.tables import UTCDateTime, utcnow
+
+
+def _time() -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class FeedbackRow(SQLModel, table=True):
+    __tablename__ = "feedback"
+    __table_args__ = (
+        UniqueConstraint("request_id", "name", name="uq_feedback_request_name"),
+        Index("ix_feedback_deployment_time", "deployment", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: str = Field(max_length=64, index=True)
+    name: str = Field(max_length=64)
+    score: float
+    comment: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    user: str | None = Field(default=None, max_length=256)
+    # Copied from the traffic record, so feedback filters without a join.
+    deployment: str | None = Field(default=None, max_length=128)
+    arm: str | None = Field(default=None, max_length=64)
+    version: str | None = Field(default=None, max_length=160)
+    created_at: datetime = _time()
+    created_by: str = Field(default="", max_length=128)
+
+
+class OnlineScoreRow(SQLModel, table=True):
+    __tablename__ = "online_scores"
+    __table_args__ = (Index("ix_online_scores_deployment_time", "deployment", "created_at"),)
+
+    request_id: str = Field(primary_key=True, max_length=64)
+    metric: str = Field(primary_key=True, max_length=64)
+    score: float | None = None
+    explanation: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    deployment: str | None = Field(default=None, max_length=128)
+    arm: str | None = Field(default=None, max_length=64)
+    version: str | None = Field(default=None, max_length=160)
+    created_at: datetime = _time()
+
+
+class RolloutDecisionRow(SQLModel, table=True):
+    __tablename__ = "rollout_decisions"
+    __table_args__ = (Index("ix_rollout_decisions_deployment", "deployment", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    deployment: str = Field(max_length=128)
+    action: str = Field(max_length=16, description="promote, hold, inconclusive or rollback")
+    step: int = Field(description="the rollout step the decision was taken at")
+    weight: float = Field(description="the candidate's weight at that step")
+    candidate_version: str | None = Field(default=None, max_length=160)
+    control_version: str | None = Field(default=None, max_length=160)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    method: str = Field(max_length=200)
+    metrics: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    created_at: datetime = _time()
+
+
+class MonitorLeaseRow(SQLModel, table=True):
+    """Who runs the scheduled monitor passes: one process at a time across servers."""
+
+    __tablename__ = "monitor_leases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
