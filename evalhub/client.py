@@ -86,7 +86,8 @@ class Client:
             raise ApiError(response.status_code, code, message)
         if response.status_code == 204 or not response.content:
             return None
-        if response.headers.get("content-type", "").startswith("application/json"):
+        media_type = response.headers.get("content-type", "").split(";")[0].strip()
+        if media_type == "application/json":  # not application/jsonl: a dataset's bytes
             return response.json()
         return response.content
 

@@ -8,6 +8,7 @@ from evalhub.db import tables as evalhub_tables
 from evalhub.eval import tables as eval_tables
 from evalhub.finetune import tables as finetune_tables
 from evalhub.jobs import tables as job_tables
+from evalhub.monitoring import drift_tables
 from evalhub.monitoring import tables as monitoring_tables
 from evalhub.serving import tables as serving_tables
 from registry import tables as registry_tables
@@ -19,6 +20,7 @@ TABLE_MODULES = (
     finetune_tables,
     job_tables,
     monitoring_tables,
+    drift_tables,
     registry_tables,
     serving_tables,
 )

@@ -20,7 +20,8 @@ from pydantic import BaseModel, Field
 from registry import json_limits
 
 ROLES = ("system", "user", "assistant", "tool")
-EXAMPLE_KEYS = {"messages", "tools", "functions", "parallel_tool_calls"}
+# `metadata` is evalhub's: provenance (an exported row's request id) that training ignores.
+EXAMPLE_KEYS = {"messages", "tools", "functions", "parallel_tool_calls", "metadata"}
 MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call"}
 MIN_EXAMPLES = 10
 

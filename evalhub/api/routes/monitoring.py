@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from evalhub.api.deps import Editor, NamePath, PlatformDep, Viewer
 from evalhub.monitoring.controller import Controller, RolloutDecision
+from evalhub.monitoring.drift import DriftCheck, DriftCheckCreate, DriftService
+from evalhub.monitoring.export import ExportRequest, ExportResult, export
 from evalhub.monitoring.feedback import Feedback, FeedbackCreate, FeedbackService
 from evalhub.monitoring.scheduler import PassReport, run_pass
 from registry.entities import Page
@@ -89,3 +91,54 @@ def run_monitors(
     It sees every request this server answered before the pass began."""
     gateway = getattr(request.app.state, "gateway", None)
     return run_pass(platform, body.deployment, flush=gateway.traffic.flush if gateway else None)
+
+
+@router.post("/monitors/drift", status_code=201, tags=["monitors"])
+def run_drift_check(
+    body: DriftCheckCreate, request: Request, platform: PlatformDep, principal: Editor
+) -> DriftCheck:
+    """Compare a current window of a deployment's traffic with a reference window or dataset:
+    per column method, score, threshold and verdict, and Evidently's HTML report."""
+    gateway = getattr(request.app.state, "gateway", None)
+    if gateway is not None:
+        gateway.traffic.flush(10.0)
+    return DriftService(platform).run(body, actor=principal.name)
+
+
+@router.get("/monitors/drift", tags=["monitors"])
+def list_drift_checks(
+    platform: PlatformDep,
+    _: Viewer,
+    deployment: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Limit = 50,
+    page_token: Annotated[str | None, Query(max_length=200)] = None,
+) -> Page[DriftCheck]:
+    """Newest first."""
+    return DriftService(platform).search(deployment=deployment, limit=limit, page_token=page_token)
+
+
+@router.get("/monitors/drift/{check_id}", tags=["monitors"])
+def get_drift_check(
+    check_id: Annotated[str, Path(max_length=40)], platform: PlatformDep, _: Viewer
+) -> DriftCheck:
+    return DriftService(platform).get(check_id)
+
+
+@router.get(
+    "/monitors/drift/{check_id}/report",
+    tags=["monitors"],
+    response_class=Response,
+    responses={200: {"content": {"text/html": {}}, "description": "Evidently's HTML report"}},
+)
+def get_drift_report(
+    check_id: Annotated[str, Path(max_length=40)], platform: PlatformDep, _: Viewer
+) -> Response:
+    """Evidently's self-contained HTML report of the check (renders offline)."""
+    return Response(DriftService(platform).report(check_id), media_type="text/html")
+
+
+@router.post("/monitors/export", status_code=201, tags=["monitors"])
+def export_traffic(body: ExportRequest, platform: PlatformDep, principal: Editor) -> ExportResult:
+    """Register a deployment's requests (with negative feedback, or of a drift check's window)
+    as a dataset version of eval cases or chat rows, each carrying its request id."""
+    return export(platform, body, actor=principal.name)
