@@ -16,6 +16,7 @@ from evalhub.api import openai as openai_api
 from evalhub.api.middleware import BodySizeLimit, PrometheusMetrics
 from evalhub.api.routes import (
     admin,
+    alerts,
     aliases,
     datasets,
     evals,
@@ -24,9 +25,11 @@ from evalhub.api.routes import (
     health,
     models,
     monitoring,
+    quality,
     serving,
 )
 from evalhub.auth.tokens import Principal
+from evalhub.monitoring.prometheus import MonitoringCollector
 from evalhub.platform import Platform
 from evalhub.serving.backends import BackendService
 from evalhub.serving.gateway import Gateway
@@ -71,6 +74,8 @@ def create_app(
         app.state.backends = BackendService(platform_, supervisor)
         app.state.gateway = Gateway(platform_, app.state.backends, metrics=app.state.metrics)
         await app.state.gateway.start()
+        monitoring = MonitoringCollector(platform_)
+        app.state.metrics.register(monitoring)
         if supervisor is not None:
             await asyncio.to_thread(app.state.backends.restart_managed)
         scheduler = (
@@ -83,6 +88,7 @@ def create_app(
         try:
             yield
         finally:
+            app.state.metrics.unregister(monitoring)
             if scheduler is not None:
                 scheduler.stop()
             await app.state.gateway.close()
@@ -109,7 +115,18 @@ def create_app(
     app.state.metrics = CollectorRegistry()
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (models, aliases, datasets, evals, finetune, serving, monitoring, admin):
+    for module in (
+        models,
+        aliases,
+        datasets,
+        evals,
+        finetune,
+        serving,
+        monitoring,
+        quality,
+        alerts,
+        admin,
+    ):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(openai_api.router)

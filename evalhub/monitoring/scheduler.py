@@ -1,6 +1,7 @@
-"""Monitor passes: online scoring of sampled traffic, then the rollout controller. Run on demand
-(`evalhub monitor run`, `POST /api/v1/monitors/run`) or on a schedule inside `evalhub serve`,
-where a lease row keeps it to one process at a time among servers sharing a database."""
+"""Monitor passes: online scoring of sampled traffic, the rollout controller, then the alert
+rules. Run on demand (`evalhub monitor run`, `POST /api/v1/monitors/run`) or on a schedule inside
+`evalhub serve`, where a lease row keeps it to one process at a time among servers sharing a
+database."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from evalhub.monitoring.alerts import evaluate_alerts
 from evalhub.monitoring.controller import Controller, RolloutDecision
 from evalhub.monitoring.online import sampled, score_rows, traffic_rows
 from evalhub.monitoring.tables import MonitorLeaseRow
@@ -37,6 +39,7 @@ FLUSH_SECONDS = 10.0
 class PassReport(BaseModel):
     scored: int
     decisions: list[RolloutDecision]
+    alerts_fired: int = 0
 
 
 def run_pass(
@@ -56,7 +59,8 @@ def run_pass(
         decision = controller.step(target)
         if decision is not None:
             decisions.append(decision)
-    return PassReport(scored=scored, decisions=decisions)
+    fired = evaluate_alerts(platform, deployment)
+    return PassReport(scored=scored, decisions=decisions, alerts_fired=len(fired))
 
 
 def _score_sample(platform: Platform, deployment: Deployment) -> int:

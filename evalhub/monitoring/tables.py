@@ -77,3 +77,65 @@ class MonitorLeaseRow(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     holder: str = Field(max_length=128)
     expires_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class AlertRuleRow(SQLModel, table=True):
+    """A threshold on one monitored value of one deployment (optionally one arm)."""
+
+    __tablename__ = "alert_rules"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=128, unique=True, index=True)
+    metric: str = Field(max_length=128)
+    deployment: str = Field(max_length=128)
+    arm: str | None = Field(default=None, max_length=64)
+    window_seconds: int
+    comparison: str = Field(max_length=2)
+    threshold: float
+    severity: str = Field(max_length=16)
+    webhook_url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Stored as given: the HMAC needs it. It is never returned, logged or audited.
+    secret: str | None = Field(default=None, max_length=512)
+    created_at: datetime = _time()
+    created_by: str = Field(default="", max_length=128)
+
+
+class AlertRow(SQLModel, table=True):
+    """A rule that fired, with the numbers it fired on."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index("ix_alerts_rule", "rule_id", "id"),
+        Index("ix_alerts_deployment", "deployment", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    # The rule's id and name when it fired: the alert outlives a deleted rule.
+    rule_id: int
+    rule: str = Field(max_length=128)
+    deployment: str = Field(max_length=128)
+    arm: str | None = Field(default=None, max_length=64)
+    metric: str = Field(max_length=128)
+    severity: str = Field(max_length=16)
+    value: float
+    evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    delivery: str = Field(
+        default="none", max_length=16, description="none (no webhook), pending, delivered, failed"
+    )
+    created_at: datetime = _time()
+
+
+class AlertDeliveryRow(SQLModel, table=True):
+    """One attempt to POST an alert to its rule's webhook."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (Index("ix_alert_deliveries_alert", "alert_id", "attempt"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    alert_id: int = Field(foreign_key="alerts.id")
+    attempt: int
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    status_code: int | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    duration_ms: float
+    created_at: datetime = _time()

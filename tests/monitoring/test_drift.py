@@ -117,6 +117,10 @@ def test_shifted_traffic_is_flagged_and_like_traffic_is_not(
     with Session(platform.engine) as session:
         embedded = session.exec(select(func.count()).select_from(PromptEmbeddingRow)).one()
     assert embedded == 600  # 200 per window: the reference's were computed once, then reused
+    metrics = api.get("/metrics").text  # arm "-": the check took every arm
+    assert 'evalhub_drift_detected{arm="-",deployment="shop"} 1.0' in metrics
+    share = f'evalhub_drift_share{{arm="-",deployment="shop"}} {shifted["share_drifted"]}'
+    assert share in metrics
 
 
 def test_bad_drift_checks_are_refused_and_store_nothing(

@@ -104,6 +104,11 @@ def test_a_canary_that_breaks_json_is_rolled_back_by_itself(served: Served) -> N
     assert {r.headers["x-evalhub-arm"] for r in after} == {"control"}
     assert all(json.loads(r.json()["choices"][0]["message"]["content"]) for r in after)
 
+    scraped = httpx.get(f"{served.url}/metrics").text
+    assert (
+        'evalhub_online_metric_mean{arm="canary",deployment="bad",metric="json_valid"}' in scraped
+    )
+
     stored = served.api.get("/deployments/bad/decisions")["data"]
     assert stored[0]["id"] == decision["id"] and stored[0]["action"] == "rollback"
     audit = served.api.get("/audit", actor="rollout-controller")["data"]

@@ -86,7 +86,8 @@ class MonitorRun(BaseModel):
 def run_monitors(
     body: MonitorRun, request: Request, platform: PlatformDep, _: Editor
 ) -> PassReport:
-    """One monitor pass now: score sampled traffic, then decide every rollout under analysis.
+    """One monitor pass now: score sampled traffic, decide every rollout under analysis, then
+    evaluate the alert rules (and deliver what fires).
 
     It sees every request this server answered before the pass began."""
     gateway = getattr(request.app.state, "gateway", None)
