@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import pandas as pd
-from sqlmodel import Session, col, select
+import sqlalchemy as sql
+from sqlmodel import col
 
 from evalhub.monitoring.online import prompt_case
 from evalhub.monitoring.tables import FeedbackRow, OnlineScoreRow
 from evalhub.platform import Platform
 from evalhub.serving.tables import TrafficRow
+from monitors.quality import TRAFFIC_COLUMNS as NUMBERS
 
-TRAFFIC_COLUMNS = [
-    "request_id", "created_at", "deployment", "arm", "version", "status", "error", "latency_ms",
-    "ttft_ms", "prompt_tokens", "completion_tokens", "cost", "prompt", "response",
-]  # fmt: skip
+#: The columns `monitors` reads, and the texts that drift checks describe.
+TRAFFIC_COLUMNS = [*NUMBERS, "prompt", "response"]
 
 
 def traffic_frame(rows: Sequence[TrafficRow]) -> pd.DataFrame:
@@ -51,23 +52,71 @@ def _last_user_text(row: TrafficRow) -> str:
     return case.input or ""
 
 
-def scores_frame(platform: Platform, request_ids: Sequence[str]) -> pd.DataFrame:
-    with Session(platform.engine) as session:
-        rows = session.exec(
-            select(OnlineScoreRow).where(col(OnlineScoreRow.request_id).in_(list(request_ids)))
-        ).all()
-    return pd.DataFrame(
-        [{"request_id": r.request_id, "metric": r.metric, "score": r.score} for r in rows],
-        columns=["request_id", "metric", "score"],
+def window_frame(
+    platform: Platform,
+    deployment: str,
+    since: datetime,
+    until: datetime,
+    *,
+    arm: str | None = None,
+    version: str | None = None,
+) -> pd.DataFrame:
+    """A deployment's records in [since, until), without their texts: what quality and cost
+    read, straight from the columns (no request JSON is parsed)."""
+    names = ["id", *NUMBERS[1:]]
+    query = sql.select(*[col(getattr(TrafficRow, name)) for name in names]).where(
+        col(TrafficRow.deployment) == deployment,
+        col(TrafficRow.created_at) >= since,
+        col(TrafficRow.created_at) < until,
     )
+    if arm is not None:
+        query = query.where(col(TrafficRow.arm) == arm)
+    if version is not None:
+        query = query.where(col(TrafficRow.version) == version)
+    with platform.engine.connect() as connection:
+        rows = connection.execute(query.order_by(col(TrafficRow.created_at))).all()
+    frame = pd.DataFrame([tuple(row) for row in rows], columns=["request_id", *names[1:]])
+    return frame.assign(prompt=None, response=None)[TRAFFIC_COLUMNS]
 
 
-def feedback_frame(platform: Platform, request_ids: Sequence[str]) -> pd.DataFrame:
-    with Session(platform.engine) as session:
-        rows = session.exec(
-            select(FeedbackRow).where(col(FeedbackRow.request_id).in_(list(request_ids)))
-        ).all()
-    return pd.DataFrame(
-        [{"request_id": r.request_id, "name": r.name, "score": r.score} for r in rows],
-        columns=["request_id", "name", "score"],
-    )
+def scores_frame(
+    platform: Platform,
+    request_ids: Sequence[str] | None = None,
+    *,
+    deployment: str | None = None,
+    since: datetime | None = None,
+) -> pd.DataFrame:
+    """Online scores of these requests, or of a deployment's requests scored since `since`
+    (scores are written after the request they are about)."""
+    query = sql.select(
+        col(OnlineScoreRow.request_id), col(OnlineScoreRow.metric), col(OnlineScoreRow.score)
+    ).where(col(OnlineScoreRow.score).is_not(None))
+    if request_ids is not None:
+        query = query.where(col(OnlineScoreRow.request_id).in_(list(request_ids)))
+    if deployment is not None:
+        query = query.where(col(OnlineScoreRow.deployment) == deployment)
+    if since is not None:
+        query = query.where(col(OnlineScoreRow.created_at) >= since)
+    with platform.engine.connect() as connection:
+        rows = connection.execute(query).all()
+    return pd.DataFrame([tuple(row) for row in rows], columns=["request_id", "metric", "score"])
+
+
+def feedback_frame(
+    platform: Platform,
+    request_ids: Sequence[str] | None = None,
+    *,
+    deployment: str | None = None,
+    since: datetime | None = None,
+) -> pd.DataFrame:
+    """Feedback on these requests, or on a deployment's requests given since `since`."""
+    query = sql.select(col(FeedbackRow.request_id), col(FeedbackRow.name), col(FeedbackRow.score))
+    if request_ids is not None:
+        query = query.where(col(FeedbackRow.request_id).in_(list(request_ids)))
+    if deployment is not None:
+        query = query.where(col(FeedbackRow.deployment) == deployment)
+    if since is not None:
+        query = query.where(col(FeedbackRow.created_at) >= since)
+    with platform.engine.connect() as connection:
+        rows = connection.execute(query).all()
+    return pd.DataFrame([tuple(row) for row in rows], columns=["request_id", "name", "score"])

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-import pandas as pd
-import sqlalchemy as sql
 from pydantic import BaseModel, Field
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
-from evalhub.monitoring.tables import FeedbackRow, OnlineScoreRow
+from evalhub.monitoring.frames import feedback_frame, scores_frame, window_frame
 from evalhub.platform import Platform
 from evalhub.serving.tables import DeploymentRow, TrafficRow
-from monitors.quality import TRAFFIC_COLUMNS, DailyCost, QualityRow, cost_per_day, quality
+from monitors.quality import DailyCost, QualityRow, cost_per_day, quality
 from registry.errors import invalid, not_found
 from registry.tables import utcnow
 
@@ -30,36 +28,6 @@ _BUCKET = re.compile(r"^([1-9][0-9]{0,5})(s|min|h|d)$")
 _BUCKET_UNITS = {"s": "s", "min": "min", "h": "h", "d": "D"}
 
 
-class ScoreMean(BaseModel):
-    mean: float
-    count: int = Field(description="how many requests have the score")
-
-
-class QualityFigures(BaseModel):
-    """One arm and version (and time bucket): the numbers of `monitors.quality.QualityRow`."""
-
-    deployment: str | None
-    arm: str | None
-    version: str | None
-    bucket: datetime | None = Field(description="start of the time bucket; null when unbucketed")
-    requests: int
-    errors: int = Field(description="requests with status >= 400 or an error")
-    error_rate: float
-    latency_p50_ms: float | None
-    latency_p95_ms: float | None
-    latency_p99_ms: float | None
-    ttft_p50_ms: float | None
-    prompt_tokens: int
-    completion_tokens: int
-    prompt_tokens_mean: float | None
-    completion_tokens_mean: float | None
-    cost: float
-    metrics: dict[str, ScoreMean] = Field(description="online metric -> mean score")
-    feedback_requests: int
-    feedback_rate: float = Field(description="share of the requests with any feedback")
-    feedback: dict[str, ScoreMean] = Field(description="feedback name -> mean score")
-
-
 class QualityReport(BaseModel):
     deployment: str
     since: datetime
@@ -67,16 +35,7 @@ class QualityReport(BaseModel):
     arm: str | None
     version: str | None
     bucket: str | None
-    rows: list[QualityFigures]
-
-
-class DailyCostFigures(BaseModel):
-    arm: str | None
-    version: str | None
-    day: date = Field(description="the UTC day")
-    cost: float
-    requests: int
-    tokens: int
+    rows: list[QualityRow] = Field(description="per arm and version (and time bucket)")
 
 
 class CostReport(BaseModel):
@@ -86,7 +45,7 @@ class CostReport(BaseModel):
     cost: float
     requests: int
     tokens: int
-    days: list[DailyCostFigures]
+    days: list[DailyCost]
 
 
 @dataclass(frozen=True)
@@ -149,53 +108,6 @@ def check_deployment(platform: Platform, name: str) -> None:
     raise not_found(f"deployment {name!r} does not exist and has no traffic")
 
 
-def traffic(
-    platform: Platform,
-    deployment: str,
-    span: Window,
-    *,
-    arm: str | None = None,
-    version: str | None = None,
-) -> pd.DataFrame:
-    """The window's traffic records as the frame `monitors.quality` reads."""
-    names = [
-        "id", "created_at", "deployment", "arm", "version", "status", "error", "latency_ms",
-        "ttft_ms", "prompt_tokens", "completion_tokens", "cost",
-    ]  # fmt: skip
-    columns = [col(getattr(TrafficRow, name)) for name in names]
-    query = sql.select(*columns).where(
-        col(TrafficRow.deployment) == deployment,
-        col(TrafficRow.created_at) >= span.since,
-        col(TrafficRow.created_at) < span.until,
-    )
-    if arm is not None:
-        query = query.where(col(TrafficRow.arm) == arm)
-    if version is not None:
-        query = query.where(col(TrafficRow.version) == version)
-    with platform.engine.connect() as connection:
-        rows = connection.execute(query.order_by(col(TrafficRow.created_at))).all()
-    return pd.DataFrame([tuple(row) for row in rows], columns=list(TRAFFIC_COLUMNS))
-
-
-def _scores(platform: Platform, deployment: str, since: datetime) -> pd.DataFrame:
-    query = sql.select(
-        col(OnlineScoreRow.request_id), col(OnlineScoreRow.metric), col(OnlineScoreRow.score)
-    ).where(col(OnlineScoreRow.deployment) == deployment, col(OnlineScoreRow.created_at) >= since)
-    with platform.engine.connect() as connection:
-        rows = connection.execute(query).all()
-    frame = pd.DataFrame([tuple(row) for row in rows], columns=["request_id", "metric", "score"])
-    return frame.dropna(subset=["score"])
-
-
-def _feedback(platform: Platform, deployment: str, since: datetime) -> pd.DataFrame:
-    query = sql.select(
-        col(FeedbackRow.request_id), col(FeedbackRow.name), col(FeedbackRow.score)
-    ).where(col(FeedbackRow.deployment) == deployment, col(FeedbackRow.created_at) >= since)
-    with platform.engine.connect() as connection:
-        rows = connection.execute(query).all()
-    return pd.DataFrame([tuple(row) for row in rows], columns=["request_id", "name", "score"])
-
-
 def _refuse_empty(deployment: str, span: Window, arm: str | None, version: str | None) -> None:
     only = "".join(
         f" {what} {value!r}" for what, value in (("arm", arm), ("version", version)) if value
@@ -221,13 +133,13 @@ def quality_report(
     frequency = pandas_bucket(bucket) if bucket is not None else None
     span = window(since, until)
     check_deployment(platform, deployment)
-    frame = traffic(platform, deployment, span, arm=arm, version=version)
+    frame = window_frame(platform, deployment, span.since, span.until, arm=arm, version=version)
     if frame.empty:
         _refuse_empty(deployment, span, arm, version)
     rows = quality(
         frame,
-        _scores(platform, deployment, span.since),
-        _feedback(platform, deployment, span.since),
+        scores_frame(platform, deployment=deployment, since=span.since),
+        feedback_frame(platform, deployment=deployment, since=span.since),
         bucket=frequency,
     )
     return QualityReport(
@@ -237,7 +149,7 @@ def quality_report(
         arm=arm,
         version=version,
         bucket=bucket,
-        rows=[QualityFigures.model_validate(row.to_dict()) for row in rows],
+        rows=rows,
     )
 
 
@@ -251,10 +163,10 @@ def cost_report(
     """Cost, requests and tokens per arm, version and UTC day, and their totals."""
     span = window(since, until)
     check_deployment(platform, deployment)
-    frame = traffic(platform, deployment, span)
+    frame = window_frame(platform, deployment, span.since, span.until)
     if frame.empty:
         _refuse_empty(deployment, span, None, None)
-    days = [_day(day) for day in cost_per_day(frame)]
+    days = cost_per_day(frame)
     return CostReport(
         deployment=deployment,
         since=span.since,
@@ -266,30 +178,19 @@ def cost_report(
     )
 
 
-def _day(day: DailyCost) -> DailyCostFigures:
-    return DailyCostFigures(
-        arm=day.arm,
-        version=day.version,
-        day=day.day,
-        cost=day.cost,
-        requests=day.requests,
-        tokens=day.tokens,
-    )
-
-
 def overall(
     platform: Platform, deployment: str, span: Window, *, arm: str | None = None
 ) -> QualityRow | None:
     """One row over every version of the deployment (of every arm, or of `arm`) in the window;
     None when it had no traffic."""
-    frame = traffic(platform, deployment, span, arm=arm)
+    frame = window_frame(platform, deployment, span.since, span.until, arm=arm)
     if frame.empty:
         return None
     frame = frame.assign(version=None) if arm is not None else frame.assign(arm=None, version=None)
     (row,) = quality(
         frame,
-        _scores(platform, deployment, span.since),
-        _feedback(platform, deployment, span.since),
+        scores_frame(platform, deployment=deployment, since=span.since),
+        feedback_frame(platform, deployment=deployment, since=span.since),
     )
     return row
 
