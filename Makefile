@@ -42,7 +42,7 @@ test: lint unit
 
 # Every CPU benchmark; each prints a table and writes bench/results/NAME.json.
 bench: install vllm
-	for name in registry gateway hotswap eval_metrics finetune_cpu; do \
+	for name in registry gateway hotswap eval_metrics finetune_cpu monitor; do \
 		$(PY) bench/$$name.py || exit 1; \
 	done
 

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import func
+from sqlalchemy import Table, func
 from sqlmodel import Session, col, select
 
+from evalhub.db.inserts import chunks, insert_new
 from evalhub.eval.metrics.semantic_similarity import default_model_path, embed
 from evalhub.monitoring.drift_tables import DriftCheckRow, PromptEmbeddingRow
 from evalhub.monitoring.frames import TRAFFIC_COLUMNS, traffic_frame
@@ -36,6 +37,7 @@ from registry.errors import invalid, not_found
 from registry.paging import decode_page_token, fetch_page, page_of
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+EMBEDDINGS: Table = PromptEmbeddingRow.__table__  # type: ignore[attr-defined]
 MAX_ROWS = 1_000_000
 
 
@@ -186,27 +188,29 @@ class DriftService:
         if not cached:
             return embed(prompts, default_model_path())
         ids = frame["request_id"].tolist()
+        stored: dict[str, np.ndarray] = {}
         with Session(self.platform.engine) as session:
-            stored = {
-                row.request_id: np.frombuffer(row.vector, dtype=np.float32)
-                for row in session.exec(
-                    select(PromptEmbeddingRow).where(col(PromptEmbeddingRow.request_id).in_(ids))
+            for part in chunks(ids):
+                query = select(PromptEmbeddingRow).where(
+                    col(PromptEmbeddingRow.request_id).in_(list(part))
                 )
-            }
+                for row in session.exec(query):
+                    stored[row.request_id] = np.frombuffer(row.vector, dtype=np.float32)
         missing = [i for i, request_id in enumerate(ids) if request_id not in stored]
         if missing:
             vectors = embed([prompts[i] for i in missing], default_model_path())
-            with Session(writer(self.platform.engine)) as session:
-                for i, vector in zip(missing, vectors, strict=True):
-                    stored[ids[i]] = np.asarray(vector, dtype=np.float32)
-                    session.merge(
-                        PromptEmbeddingRow(
-                            request_id=ids[i],
-                            model=EMBEDDING_MODEL,
-                            vector=stored[ids[i]].tobytes(),
-                        )
-                    )
-                session.commit()
+            values = []
+            for i, vector in zip(missing, vectors, strict=True):
+                stored[ids[i]] = np.asarray(vector, dtype=np.float32)
+                values.append(
+                    {
+                        "request_id": ids[i],
+                        "model": EMBEDDING_MODEL,
+                        "vector": stored[ids[i]].tobytes(),
+                    }
+                )
+            with writer(self.platform.engine).begin() as connection:
+                connection.execute(insert_new(connection, EMBEDDINGS, ["request_id"]), values)
         return np.stack([stored[request_id] for request_id in ids])
 
     def _store_report(self, html: str) -> str:
@@ -245,18 +249,15 @@ class DriftService:
             rows, more = fetch_page(session, query.order_by(col(DriftCheckRow.seq).desc()), limit)
         return page_of(rows, more, _view, key=lambda row: row.seq)
 
-    def request_ids(self, check_id: str) -> list[str]:
-        """The requests of a check's current window (what an export of drifted traffic takes):
-        those of its arm between the first and last record it held."""
+    def current_window(self, check_id: str) -> tuple[str, str | None, datetime, datetime] | None:
+        """A check's deployment, arm and the time span of its current window's records (what an
+        export of drifted traffic takes); None for a window that held none."""
         row = self._row(check_id)
         start, end = row.current.get("from"), row.current.get("to")
         if start is None or end is None:
-            return []
-        window = Window(
-            since=datetime.fromisoformat(start),
-            until=datetime.fromisoformat(end) + timedelta(microseconds=1),
-        )
-        return [r.id for r in self._rows(row.deployment, row.arm, window)]
+            return None
+        until = datetime.fromisoformat(end) + timedelta(microseconds=1)
+        return row.deployment, row.arm, datetime.fromisoformat(start), until
 
 
 def _sample_first(frame: pd.DataFrame, n: int) -> pd.DataFrame:

@@ -64,10 +64,15 @@ def export(platform: Platform, body: ExportRequest, *, actor: str) -> ExportResu
     if body.until is not None:
         query = query.where(col(TrafficRow.created_at) < body.until)
     if body.drifted is not None:
-        check = DriftService(platform).get(body.drifted)
-        if check.deployment != body.deployment:
-            raise invalid(f"drift check {body.drifted} is of {check.deployment!r}")
-        query = query.where(col(TrafficRow.id).in_(DriftService(platform).request_ids(check.id)))
+        span = DriftService(platform).current_window(body.drifted)
+        if span is None:
+            raise invalid(f"drift check {body.drifted} held no requests")
+        deployment, arm, start, end = span
+        if deployment != body.deployment:
+            raise invalid(f"drift check {body.drifted} is of {deployment!r}")
+        query = query.where(col(TrafficRow.created_at) >= start, col(TrafficRow.created_at) < end)
+        if arm is not None:
+            query = query.where(TrafficRow.arm == arm)
     if body.feedback is not None:
         scale = platform.settings.feedback_scales.get(body.feedback_name)
         if scale is None:

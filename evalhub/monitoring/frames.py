@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sql
 from sqlmodel import col
 
+from evalhub.db.inserts import chunks
 from evalhub.monitoring.online import prompt_case
 from evalhub.monitoring.tables import FeedbackRow, OnlineScoreRow
 from evalhub.platform import Platform
@@ -92,7 +94,13 @@ def scores_frame(
         col(OnlineScoreRow.request_id), col(OnlineScoreRow.metric), col(OnlineScoreRow.score)
     ).where(col(OnlineScoreRow.score).is_not(None))
     if request_ids is not None:
-        query = query.where(col(OnlineScoreRow.request_id).in_(list(request_ids)))
+        return _by_ids(
+            platform,
+            query,
+            col(OnlineScoreRow.request_id),
+            request_ids,
+            ["request_id", "metric", "score"],
+        )
     if deployment is not None:
         query = query.where(col(OnlineScoreRow.deployment) == deployment)
     if since is not None:
@@ -112,7 +120,13 @@ def feedback_frame(
     """Feedback on these requests, or on a deployment's requests given since `since`."""
     query = sql.select(col(FeedbackRow.request_id), col(FeedbackRow.name), col(FeedbackRow.score))
     if request_ids is not None:
-        query = query.where(col(FeedbackRow.request_id).in_(list(request_ids)))
+        return _by_ids(
+            platform,
+            query,
+            col(FeedbackRow.request_id),
+            request_ids,
+            ["request_id", "name", "score"],
+        )
     if deployment is not None:
         query = query.where(col(FeedbackRow.deployment) == deployment)
     if since is not None:
@@ -120,3 +134,14 @@ def feedback_frame(
     with platform.engine.connect() as connection:
         rows = connection.execute(query).all()
     return pd.DataFrame([tuple(row) for row in rows], columns=["request_id", "name", "score"])
+
+
+def _by_ids(
+    platform: Platform, query: Any, key: Any, ids: Sequence[str], columns: list[str]
+) -> pd.DataFrame:
+    """`query` for the rows whose `key` is one of `ids`, a chunk of ids at a time."""
+    rows: list[tuple[Any, ...]] = []
+    with platform.engine.connect() as connection:
+        for part in chunks(list(ids)):
+            rows.extend(tuple(row) for row in connection.execute(query.where(key.in_(part))))
+    return pd.DataFrame(rows, columns=columns)

@@ -7,10 +7,13 @@ stored under its request id. Sampling is by request id, so every process samples
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Table, exists, or_
 from sqlmodel import Session, col, select
 
+from evalhub.db.inserts import chunks, insert_new
 from evalhub.eval.case import Case
 from evalhub.eval.metric_policy import MetricPolicy
 from evalhub.eval.metrics import MetricError, create_metric
@@ -22,6 +25,7 @@ from evalhub.serving.routing import bucket
 from evalhub.serving.tables import TrafficRow
 from registry.db import writer
 from registry.errors import invalid
+from registry.tables import utcnow
 
 #: The engine's metrics that need no reference answer: they can score live traffic.
 ONLINE_METRICS = (
@@ -34,6 +38,7 @@ ONLINE_METRICS = (
 )
 
 
+SCORES: Table = OnlineScoreRow.__table__  # type: ignore[attr-defined]
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
@@ -97,12 +102,13 @@ def score_rows(
     answered = [row for row in rows if row.status < 400 and row.response_text is not None]
     if not answered or not metrics:
         return 0
-    ids = [row.id for row in answered]
+    done: set[tuple[str, str]] = set()
     with Session(platform.engine) as session:
-        stored = session.exec(
-            select(OnlineScoreRow).where(col(OnlineScoreRow.request_id).in_(ids))
-        ).all()
-        done = {(score.request_id, score.metric) for score in stored}
+        for ids in chunks([row.id for row in answered]):
+            query = select(OnlineScoreRow.request_id, OnlineScoreRow.metric).where(
+                col(OnlineScoreRow.request_id).in_(list(ids))
+            )
+            done.update((request_id, metric) for request_id, metric in session.exec(query))
     written = 0
     for spec in metrics:
         todo = [row for row in answered if (row.id, spec.name) not in done]
@@ -112,22 +118,50 @@ def score_rows(
         scores = metric.score(
             [row.response_text or "" for row in todo], [prompt_case(r) for r in todo]
         )
-        with Session(writer(platform.engine)) as session:
-            for row, score in zip(todo, scores, strict=True):
-                session.merge(
-                    OnlineScoreRow(
-                        request_id=row.id,
-                        metric=spec.name,
-                        score=score.value,
-                        explanation=(score.explanation or "")[:2000],
-                        deployment=row.deployment,
-                        arm=row.arm,
-                        version=row.version,
-                    )
-                )
-            session.commit()
+        values = [
+            {
+                "request_id": row.id,
+                "metric": spec.name,
+                "score": score.value,
+                "explanation": (score.explanation or "")[:2000],
+                "deployment": row.deployment,
+                "arm": row.arm,
+                "version": row.version,
+                "created_at": utcnow(),
+            }
+            for row, score in zip(todo, scores, strict=True)
+        ]
+        with writer(platform.engine).begin() as connection:
+            # Another pass may have scored some meanwhile: theirs stand, each is scored once.
+            connection.execute(insert_new(connection, SCORES, ["request_id", "metric"]), values)
         written += len(todo)
     return written
+
+
+def unscored(
+    platform: Platform, deployment: str, since: datetime, metrics: Sequence[str], rate: float
+) -> list[TrafficRow]:
+    """The deployment's answered records since `since` that the sample takes and that lack a
+    score of one of `metrics`. Only ids are read for the sampling; whole records for the sample."""
+    missing = [
+        ~exists().where(
+            col(OnlineScoreRow.request_id) == col(TrafficRow.id), col(OnlineScoreRow.metric) == name
+        )
+        for name in metrics
+    ]
+    query = select(TrafficRow.id).where(
+        TrafficRow.deployment == deployment,
+        col(TrafficRow.created_at) >= since,
+        col(TrafficRow.status) < 400,
+        col(TrafficRow.response_text).is_not(None),
+        or_(*missing),
+    )
+    with Session(platform.engine) as session:
+        chosen = [i for i in session.exec(query) if sampled(deployment, i, rate)]
+        rows: list[TrafficRow] = []
+        for ids in chunks(chosen):
+            rows.extend(session.exec(select(TrafficRow).where(col(TrafficRow.id).in_(list(ids)))))
+    return rows
 
 
 def traffic_rows(

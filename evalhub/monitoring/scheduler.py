@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from evalhub.monitoring.alerts import evaluate_alerts
 from evalhub.monitoring.controller import Controller, RolloutDecision
-from evalhub.monitoring.online import sampled, score_rows, traffic_rows
+from evalhub.monitoring.online import score_rows, unscored
 from evalhub.monitoring.tables import MonitorLeaseRow
 from evalhub.platform import Platform
 from evalhub.serving.deployments import Deployment
@@ -67,9 +67,10 @@ def _score_sample(platform: Platform, deployment: Deployment) -> int:
     settings = deployment.monitoring
     if settings is None or not settings.metrics or settings.sample_rate <= 0:
         return 0
-    rows = traffic_rows(platform, deployment.name, since=utcnow() - SCORING_WINDOW)
-    chosen = [row for row in rows if sampled(deployment.name, row.id, settings.sample_rate)]
-    return score_rows(platform, chosen, settings.metrics)
+    names = [metric.name for metric in settings.metrics]
+    since = utcnow() - SCORING_WINDOW
+    rows = unscored(platform, deployment.name, since, names, settings.sample_rate)
+    return score_rows(platform, rows, settings.metrics)
 
 
 def take_lease(platform: Platform, holder: str, seconds: float) -> bool:

@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from sqlalchemy import Engine, insert
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Engine, Table
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlmodel import Session, col, select
 
+from evalhub.db.inserts import insert_new
 from evalhub.serving.tables import TrafficRow
 from evalhub.serving.traffic_record import TrafficRecord
 from registry.entities import Page
@@ -40,6 +39,8 @@ from registry.errors import invalid
 from registry.paging import fetch_page
 
 log = logging.getLogger(__name__)
+
+TRAFFIC: Table = TrafficRow.__table__  # type: ignore[attr-defined]
 
 SEGMENT_BYTES = 8 * 1024 * 1024
 READ_BYTES = 1024 * 1024
@@ -296,7 +297,7 @@ class TrafficLog:
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         with self.engine.begin() as connection:
-            connection.execute(_insert_new(connection), rows)
+            connection.execute(insert_new(connection, TRAFFIC, ["id"]), rows)
         self.written += len(rows)
 
     def _kill(self, line: str, error: str) -> None:
@@ -316,16 +317,6 @@ def _record_fault(error: Exception) -> bool:
     if isinstance(error, DBAPIError):
         return False  # operational, programming, interface: the database's state, not the data
     return isinstance(error, StatementError | TypeError | ValueError | OverflowError)
-
-
-def _insert_new(connection: Any) -> Any:
-    """An INSERT that skips ids already stored: a replayed record is written once."""
-    table = TrafficRow.__table__  # type: ignore[attr-defined]
-    if connection.dialect.name == "postgresql":
-        return postgresql_insert(table).on_conflict_do_nothing(index_elements=["id"])
-    if connection.dialect.name == "sqlite":
-        return sqlite_insert(table).on_conflict_do_nothing(index_elements=["id"])
-    return insert(table)
 
 
 def search_traffic(

@@ -117,6 +117,15 @@ def test_shifted_traffic_is_flagged_and_like_traffic_is_not(
     with Session(platform.engine) as session:
         embedded = session.exec(select(func.count()).select_from(PromptEmbeddingRow)).one()
     assert embedded == 600  # 200 per window: the reference's were computed once, then reused
+    exported = api.post(
+        f"{API}/monitors/export",
+        json={"deployment": "shop", "drifted": shifted["id"], "as": "eval", "dataset": "drifted"},
+    )
+    assert exported.status_code == 201, exported.text
+    assert exported.json()["rows"] == 300  # the check's current window: the shifted requests
+    content = api.get(f"{API}/datasets/drifted/versions/1/content").text.splitlines()
+    assert all('"request_id": "req-3-' in line for line in content)
+
     metrics = api.get("/metrics").text  # arm "-": the check took every arm
     assert 'evalhub_drift_detected{arm="-",deployment="shop"} 1.0' in metrics
     share = f'evalhub_drift_share{{arm="-",deployment="shop"}} {shifted["share_drifted"]}'

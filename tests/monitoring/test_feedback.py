@@ -94,3 +94,22 @@ def test_negative_feedback_exports_a_dataset_whose_rows_carry_their_request_ids(
         )  # fmt: skip
     with pytest.raises(ApiError):
         served.api.get("/datasets/x")
+
+
+def test_sampled_answers_are_scored_once_off_the_request_path(served: Served) -> None:
+    create(served, "scored", "bot/2")
+    with pytest.raises(ApiError, match="cannot score live traffic"):
+        served.api.patch("/deployments/scored", {"monitoring": {"metrics": [{"name": "bleu"}]}})
+    served.api.patch(
+        "/deployments/scored",
+        {"monitoring": {"sample_rate": 0.5, "metrics": [{"name": "json_valid"}]}},
+    )
+    replies = send(served, "scored", 40, start=200)
+    first = served.api.post("/monitors/run", {"deployment": "scored"})
+    assert 10 <= first["scored"] <= 30  # about half of 40, chosen by request id
+    assert served.api.post("/monitors/run", {"deployment": "scored"})["scored"] == 0
+    quality = served.api.get("/monitors/quality", deployment="scored")["rows"]
+    (row,) = quality
+    assert row["requests"] == len(replies)
+    assert row["metrics"]["json_valid"]["count"] == first["scored"]
+    assert row["metrics"]["json_valid"]["mean"] >= 0.9  # bot/1 answers JSON
