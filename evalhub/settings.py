@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         description="More vLLM arguments (JSON list in the environment).",
     )
     gateway_timeout: float = Field(default=120.0, description="Seconds a backend may take.")
+    adapter_idle_seconds: float = Field(
+        default=60.0,
+        description="Seconds an adapter no arm with weight points at stays loaded after its "
+        "last request.",
+    )
     url: str | None = Field(
         default=None, description="The CLI talks to this server; in-process when unset."
     )

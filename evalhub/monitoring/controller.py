@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+import pandas as pd
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
@@ -26,6 +27,7 @@ from evalhub.serving.deployments import (
     RolloutAction,
     RolloutAnalysis,
 )
+from monitors.drift import drift_check
 from monitors.rollout import (
     DRIFT,
     ERROR_RATE,
@@ -73,11 +75,6 @@ def check_analysis(platform: Platform, analysis: RolloutAnalysis) -> None:
     """Refuses (400) guards the controller cannot measure, before a rollout starts."""
     from evalhub.monitoring.online import check_metrics
 
-    if any(guard.name == DRIFT for guard in analysis.guards):
-        raise invalid(
-            "the drift guard is not measured by the controller yet; guard on error_rate, "
-            "latency_p95, online metrics or feedback:<name>"
-        )
     check_metrics(platform, [_online(g) for g in analysis.guards if is_online_metric(g)])
     _analysis(analysis)
 
@@ -101,6 +98,16 @@ def _analysis(spec: RolloutAnalysis) -> Analysis:
         raise invalid(f"analysis: {error}") from error
 
 
+def _drifted(candidate: pd.DataFrame, control: pd.DataFrame, min_samples: int) -> bool | None:
+    """Whether the candidate's answers drifted from the control's in the step (their texts,
+    lengths and latency); None with too few requests. The prompts are left out (both arms draw
+    them alike, users being split at random) and so are arm and version (they differ by design)."""
+    if min(len(candidate), len(control)) < min_samples:
+        return None
+    blind = {"arm": None, "version": None, "prompt": None, "prompt_tokens": None}
+    return drift_check(control.assign(**blind), candidate.assign(**blind)).drifted
+
+
 class Controller:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
@@ -119,14 +126,21 @@ class Controller:
         score_rows(self.platform, rows, [_online(g) for g in spec.guards if is_online_metric(g)])
         frame = traffic_frame(rows)
         ids = frame["request_id"].tolist()
+        analysis = _analysis(spec)
+        candidate = frame[frame["arm"] == rollout.candidate]
+        control = frame[frame["arm"] == rollout.control]
+        drifted = None
+        if any(guard.name == DRIFT for guard in spec.guards):
+            drifted = _drifted(candidate, control, analysis.min_samples)
         decision = decide(
-            _analysis(spec),
-            frame[frame["arm"] == rollout.candidate],
-            frame[frame["arm"] == rollout.control],
+            analysis,
+            candidate,
+            control,
             step_started_at=rollout.updated_at,
             now=now,
             scores=scores_frame(self.platform, ids),
             feedback=feedback_frame(self.platform, ids),
+            drift=drifted,
         )
         stored = self._store(deployment, decision)
         self._act(deployment, decision)

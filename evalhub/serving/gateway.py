@@ -57,7 +57,6 @@ class Gateway:
         backends: BackendService,
         *,
         metrics: CollectorRegistry,
-        adapter_idle_seconds: float = 60.0,
     ) -> None:
         self.platform = platform
         self.backends = backends
@@ -68,7 +67,7 @@ class Gateway:
         self.traffic = TrafficLog(
             platform.engine, platform.settings.home / "traffic-journal", metrics=metrics
         )
-        self.adapter_idle_seconds = adapter_idle_seconds
+        self.adapter_idle_seconds = platform.settings.adapter_idle_seconds
         self._session: aiohttp.ClientSession | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -145,6 +144,8 @@ class Gateway:
         deployments = await asyncio.to_thread(self.deployments.list)
         for deployment in deployments:
             for arm in deployment.arms:
+                if arm.weight <= 0:
+                    continue
                 if model is not None and _model_name(arm.model) not in (model, None):
                     continue
                 try:
@@ -241,6 +242,7 @@ class Gateway:
                 log.exception("gateway sweep failed")
 
     async def sweep(self) -> None:
+        """Keeps what arms with weight point at loaded; unloads the rest once idle."""
         deployments = await asyncio.to_thread(self.deployments.list)
         wanted: dict[str, set[str]] = {}
         for deployment in deployments:
@@ -248,6 +250,8 @@ class Gateway:
             if backend is None:
                 continue
             for arm in deployment.arms:
+                if arm.weight <= 0:  # no traffic: not kept loaded (a rolled-back candidate)
+                    continue
                 version = await self.router.version(arm.model)
                 if version is None or version.kind is not ModelKind.ADAPTER:
                     continue

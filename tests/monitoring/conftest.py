@@ -91,7 +91,8 @@ def served(models: Models, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """bot/1 (@production) answers JSON; bot/2 breaks it; bot/3 answers JSON too."""
     home = tmp_path_factory.mktemp("monitoring-home")
     # Passes run when a test asks (POST /monitors/run), so each decision is at a known point.
-    with child_server(home, {"EVALHUB_MONITOR_INTERVAL": "0"}) as server:
+    settings = {"EVALHUB_MONITOR_INTERVAL": "0", "EVALHUB_ADAPTER_IDLE_SECONDS": "2"}
+    with child_server(home, settings) as server:
         assert server.token, server.tail()
         headers = {"Authorization": f"Bearer {server.token}"}
         with httpx.Client(base_url=server.url, headers=headers, timeout=120) as http:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import httpx
@@ -61,6 +62,10 @@ def create(served: Served, name: str, candidate: str) -> None:
     )
 
 
+def loaded(served: Served) -> list[str]:
+    return list(served.api.get("/backends/cpu")["options"]["loaded_adapters"])
+
+
 def weights(deployment: dict[str, Any]) -> dict[str, float]:
     return {arm["name"]: arm["weight"] for arm in deployment["arms"]}
 
@@ -80,8 +85,9 @@ def monitor_run(served: Served, deployment: str) -> dict[str, Any]:
 
 def test_a_canary_that_breaks_json_is_rolled_back_by_itself(served: Served) -> None:
     create(served, "bad", "bot/2")
+    with_drift = {**ANALYSIS, "guards": [*ANALYSIS["guards"], {"name": "drift"}]}
     served.api.post(
-        "/deployments/bad/rollout", {"action": "start", "steps": [50, 100], "analysis": ANALYSIS}
+        "/deployments/bad/rollout", {"action": "start", "steps": [50, 100], "analysis": with_drift}
     )
     sent, canary_requests, decision = 0, 0, None
     while decision is None or decision["action"] == "hold":
@@ -95,6 +101,8 @@ def test_a_canary_that_breaks_json_is_rolled_back_by_itself(served: Served) -> N
     json_valid = next(m for m in decision["metrics"] if m["name"] == "json_valid")
     assert json_valid["verdict"] == "worse" and json_valid["high"] < -0.1
     assert decision["candidate_version"] == "bot/2" and decision["control_version"] == "bot/1"
+    drift = next(m for m in decision["metrics"] if m["name"] == "drift")
+    assert drift["verdict"] == "worse"  # its answers look nothing like the control's
     print(f"rolled back after {canary_requests} canary requests: {decision['reason']}")
 
     deployment = served.api.get("/deployments/bad")
@@ -103,6 +111,12 @@ def test_a_canary_that_breaks_json_is_rolled_back_by_itself(served: Served) -> N
     after = send(served, "bad", 10, start=sent)
     assert {r.headers["x-evalhub-arm"] for r in after} == {"control"}
     assert all(json.loads(r.json()["choices"][0]["message"]["content"]) for r in after)
+
+    # The rolled-back candidate's adapter is unloaded once idle (2 s in these tests).
+    deadline = time.monotonic() + 30
+    while any(name.startswith("bot-v2-") for name in loaded(served)):
+        assert time.monotonic() < deadline, loaded(served)
+        time.sleep(0.5)
 
     scraped = httpx.get(f"{served.url}/metrics").text
     assert (
