@@ -195,7 +195,7 @@ class Forwarder:
                         continue
                     if not wants_usage:
                         chunk.pop("usage")
-                text = _delta_text(chunk)
+                text = _text_of(chunk, "delta")
                 if text:
                     if first_token is None:
                         first_token = time.perf_counter()
@@ -209,23 +209,14 @@ class Forwarder:
             finish()
 
 
-def _text_of(data: dict[str, Any]) -> str:
+def _text_of(data: dict[str, Any], part: str = "message") -> str:
+    """The first choice's text: its `message` (an answer) or `delta` (a stream chunk), or the
+    `text` of a completion."""
     choices = data.get("choices") or []
     if not choices:
         return ""
     choice = choices[0]
-    message = choice.get("message")
-    if isinstance(message, dict):
-        return message.get("content") or ""
-    return choice.get("text") or ""
-
-
-def _delta_text(chunk: dict[str, Any]) -> str:
-    choices = chunk.get("choices") or []
-    if not choices:
-        return ""
-    choice = choices[0]
-    delta = choice.get("delta")
-    if isinstance(delta, dict):
-        return delta.get("content") or ""
+    content = choice.get(part)
+    if isinstance(content, dict):
+        return content.get("content") or ""
     return choice.get("text") or ""
