@@ -45,8 +45,8 @@ def monitor_run(
     deployment: Annotated[str | None, typer.Option(help="Only this deployment")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run one monitor pass now (online scoring, then every rollout under analysis) and print
-    each decision: for cron, and to watch a rollout step by step."""
+    """Run one monitor pass now (online scoring, every rollout under analysis, the alert rules)
+    and print each decision: for cron, and to watch a rollout step by step."""
     with api_errors(), Client.connect() as client:
         report = client.post("/monitors/run", {"deployment": deployment})
     if as_json:

@@ -90,24 +90,7 @@ def scores_frame(
 ) -> pd.DataFrame:
     """Online scores of these requests, or of a deployment's requests scored since `since`
     (scores are written after the request they are about)."""
-    query = sql.select(
-        col(OnlineScoreRow.request_id), col(OnlineScoreRow.metric), col(OnlineScoreRow.score)
-    ).where(col(OnlineScoreRow.score).is_not(None))
-    if request_ids is not None:
-        return _by_ids(
-            platform,
-            query,
-            col(OnlineScoreRow.request_id),
-            request_ids,
-            ["request_id", "metric", "score"],
-        )
-    if deployment is not None:
-        query = query.where(col(OnlineScoreRow.deployment) == deployment)
-    if since is not None:
-        query = query.where(col(OnlineScoreRow.created_at) >= since)
-    with platform.engine.connect() as connection:
-        rows = connection.execute(query).all()
-    return pd.DataFrame([tuple(row) for row in rows], columns=["request_id", "metric", "score"])
+    return _values(platform, OnlineScoreRow, "metric", request_ids, deployment, since)
 
 
 def feedback_frame(
@@ -118,30 +101,32 @@ def feedback_frame(
     since: datetime | None = None,
 ) -> pd.DataFrame:
     """Feedback on these requests, or on a deployment's requests given since `since`."""
-    query = sql.select(col(FeedbackRow.request_id), col(FeedbackRow.name), col(FeedbackRow.score))
-    if request_ids is not None:
-        return _by_ids(
-            platform,
-            query,
-            col(FeedbackRow.request_id),
-            request_ids,
-            ["request_id", "name", "score"],
-        )
-    if deployment is not None:
-        query = query.where(col(FeedbackRow.deployment) == deployment)
-    if since is not None:
-        query = query.where(col(FeedbackRow.created_at) >= since)
-    with platform.engine.connect() as connection:
-        rows = connection.execute(query).all()
-    return pd.DataFrame([tuple(row) for row in rows], columns=["request_id", "name", "score"])
+    return _values(platform, FeedbackRow, "name", request_ids, deployment, since)
 
 
-def _by_ids(
-    platform: Platform, query: Any, key: Any, ids: Sequence[str], columns: list[str]
+def _values(
+    platform: Platform,
+    table: type[OnlineScoreRow] | type[FeedbackRow],
+    name: str,
+    request_ids: Sequence[str] | None,
+    deployment: str | None,
+    since: datetime | None,
 ) -> pd.DataFrame:
-    """`query` for the rows whose `key` is one of `ids`, a chunk of ids at a time."""
+    """(request_id, name, score) rows of scores or feedback, by request ids (a chunk of ids at
+    a time: PostgreSQL takes 65,535 parameters) or by deployment and time."""
+    key = col(table.request_id)
+    query = sql.select(key, col(getattr(table, name)), col(table.score)).where(
+        col(table.score).is_not(None)
+    )
+    if deployment is not None:
+        query = query.where(col(table.deployment) == deployment)
+    if since is not None:
+        query = query.where(col(table.created_at) >= since)
     rows: list[tuple[Any, ...]] = []
     with platform.engine.connect() as connection:
-        for part in chunks(list(ids)):
-            rows.extend(tuple(row) for row in connection.execute(query.where(key.in_(part))))
-    return pd.DataFrame(rows, columns=columns)
+        if request_ids is None:
+            rows.extend(tuple(row) for row in connection.execute(query))
+        else:
+            for part in chunks(list(request_ids)):
+                rows.extend(tuple(row) for row in connection.execute(query.where(key.in_(part))))
+    return pd.DataFrame(rows, columns=["request_id", name, "score"])

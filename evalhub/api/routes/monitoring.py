@@ -13,7 +13,7 @@ from evalhub.monitoring.controller import Controller, RolloutDecision
 from evalhub.monitoring.drift import DriftCheck, DriftCheckCreate, DriftService
 from evalhub.monitoring.export import ExportRequest, ExportResult, export
 from evalhub.monitoring.feedback import Feedback, FeedbackCreate, FeedbackService
-from evalhub.monitoring.scheduler import PassReport, run_pass
+from evalhub.monitoring.scheduler import FLUSH_SECONDS, Flush, PassReport, run_pass
 from registry.entities import Page
 
 router = APIRouter()
@@ -21,9 +21,14 @@ router = APIRouter()
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
-def feedback_service(request: Request, platform: PlatformDep) -> FeedbackService:
+def traffic_flush(request: Request) -> Flush | None:
+    """This server's traffic log's flush: what it answered is in the database once it returns."""
     gateway = getattr(request.app.state, "gateway", None)
-    return FeedbackService(platform, flush=gateway.traffic.flush if gateway else None)
+    return gateway.traffic.flush if gateway else None
+
+
+def feedback_service(request: Request, platform: PlatformDep) -> FeedbackService:
+    return FeedbackService(platform, flush=traffic_flush(request))
 
 
 @router.post("/feedback", status_code=201, tags=["feedback"])
@@ -90,8 +95,7 @@ def run_monitors(
     evaluate the alert rules (and deliver what fires).
 
     It sees every request this server answered before the pass began."""
-    gateway = getattr(request.app.state, "gateway", None)
-    return run_pass(platform, body.deployment, flush=gateway.traffic.flush if gateway else None)
+    return run_pass(platform, body.deployment, flush=traffic_flush(request))
 
 
 @router.post("/monitors/drift", status_code=201, tags=["monitors"])
@@ -100,9 +104,9 @@ def run_drift_check(
 ) -> DriftCheck:
     """Compare a current window of a deployment's traffic with a reference window or dataset:
     per column method, score, threshold and verdict, and Evidently's HTML report."""
-    gateway = getattr(request.app.state, "gateway", None)
-    if gateway is not None:
-        gateway.traffic.flush(10.0)
+    flush = traffic_flush(request)
+    if flush is not None:
+        flush(FLUSH_SECONDS)
     return DriftService(platform).run(body, actor=principal.name)
 
 
