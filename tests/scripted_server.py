@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,27 +113,29 @@ def _stream(model: str, text: str, usage: dict[str, int]) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
+@contextmanager
+def scripted(server: ScriptedServer) -> Iterator[ScriptedServer]:
+    """`server` on a free 127.0.0.1 port (its `base_url` set) until the block ends."""
+    port = _free_port()
+    config = uvicorn.Config(server.app(), host="127.0.0.1", port=port, log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not instance.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("scripted server did not start")
+        time.sleep(0.01)
+    server.base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        yield server
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=5)
+
+
 @pytest.fixture
 def start_scripted_server() -> Iterator[Callable[[ScriptedServer], ScriptedServer]]:
     """Start scripted servers on free ports; all are stopped at the end of the test."""
-    running: list[tuple[uvicorn.Server, threading.Thread]] = []
-
-    def start(server: ScriptedServer) -> ScriptedServer:
-        port = _free_port()
-        config = uvicorn.Config(server.app(), host="127.0.0.1", port=port, log_level="warning")
-        instance = uvicorn.Server(config)
-        thread = threading.Thread(target=instance.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not instance.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("scripted server did not start")
-            time.sleep(0.01)
-        running.append((instance, thread))
-        server.base_url = f"http://127.0.0.1:{port}/v1"
-        return server
-
-    yield start
-    for instance, thread in running:
-        instance.should_exit = True
-        thread.join(timeout=5)
+    with ExitStack() as stack:
+        yield lambda server: stack.enter_context(scripted(server))

@@ -20,6 +20,7 @@ from evalhub.api.routes import (
     aliases,
     datasets,
     evals,
+    events,
     finetune,
     gateway,
     health,
@@ -125,6 +126,7 @@ def create_app(
         monitoring,
         quality,
         alerts,
+        events,
         admin,
     ):
         api.include_router(module.router)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from evalhub.api.deps import Admin, NamePath, PlatformDep, Viewer
 from evalhub.api.schemas import TokenCreate, TokenCreated
 from evalhub.audit import AuditEntry, search_audit
-from evalhub.auth.tokens import TokenInfo, create_token, list_tokens, revoke_token
+from evalhub.auth.tokens import Principal, TokenInfo, create_token, list_tokens, revoke_token
 from registry.entities import ModelVersion, Page
 
 router = APIRouter()
@@ -22,6 +22,12 @@ def resolve(
     ref: Annotated[str, Query(description="name, name/3 or name@alias")],
 ) -> ModelVersion:
     return platform.registry.resolve(ref)
+
+
+@router.get("/whoami", tags=["tokens"])
+def whoami(principal: Viewer) -> Principal:
+    """The calling token's name and role: what a UI needs to enable or disable actions."""
+    return principal
 
 
 @router.post("/tokens", status_code=201, tags=["tokens"])
