@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install vllm demo test lint unit bench clean
+.PHONY: install vllm browser demo test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +34,23 @@ lint: install
 # tests stay on one of them (--dist loadgroup), so one vLLM server starts.
 PYTEST_WORKERS ?= 2
 
-unit: install vllm
+unit: install vllm browser
 	EVALHUB_TEST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m pytest -q \
 		-n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 test: lint unit
+
+# The dashboard's browser tests drive Debian's chromium (Playwright with executable_path; no
+# browser download). Installed where it is missing and this runs as root, as on CI; elsewhere
+# the tests are skipped and say how to install it.
+CHROMIUM := /usr/bin/chromium
+
+browser:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+	fi
 
 # Every CPU benchmark; each prints a table and writes bench/results/NAME.json.
 bench: install vllm

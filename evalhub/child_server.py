@@ -45,10 +45,15 @@ def free_port() -> int:
 
 @contextmanager
 def child_server(
-    home: Path, env: Mapping[str, str] | None = None, *, timeout: float = 120
+    home: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    timeout: float = 120,
+    port: int | None = None,
 ) -> Iterator[ChildServer]:
-    """`evalhub serve` on EVALHUB_HOME=`home` (plus `env`), stopped when the block ends."""
-    port = free_port()
+    """`evalhub serve` on EVALHUB_HOME=`home` (plus `env`) on `port` (a free one if None),
+    stopped when the block ends."""
+    port = port or free_port()
     child_env = {k: v for k, v in os.environ.items() if k not in INHERITED_SETTINGS}
     child_env.update({"EVALHUB_HOME": str(home), "OMP_NUM_THREADS": "1", **(env or {})})
     process = subprocess.Popen(

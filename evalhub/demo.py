@@ -209,5 +209,7 @@ def run_demo(home: Path, *, fresh: bool = True) -> None:
         f"{HELD_OUT_EXAMPLES} "
         f"unseen cases went from {base_score:.2f} (base) to {scores['baseline']:.2f} (quick "
         f"adapter) and {scores['candidate']:.2f} (full adapter, now in production).\n"
-        f"Look around: EVALHUB_HOME={home / 'home'} evalhub models list | evalhub serve"
+        f"Look around: EVALHUB_HOME={home / 'home'} evalhub models list\n"
+        f"See it all in the dashboard: EVALHUB_HOME={home / 'home'} evalhub dashboard "
+        "(then open http://127.0.0.1:8501)"
     )

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from evalhub.cli.dashboard import dashboard
 from evalhub.cli.eval import eval_app, gate_command
 from evalhub.cli.finetune import finetune_app
 from evalhub.cli.monitor import monitor_app
@@ -37,6 +38,7 @@ app.add_typer(deploy_app, name="deploy")
 app.add_typer(monitor_app, name="monitor")
 app.command()(traffic)
 app.command("gate")(gate_command)
+app.command()(dashboard)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

@@ -1,0 +1,73 @@
+"""The dashboard in a real headless chromium: every page renders its content with no exception
+box (screenshots under test-output/screenshots), and a deployment is rolled back by a click."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.dashboard.browser import (
+    chromium,
+    no_exception,
+    open_page,
+    screenshot,
+    settle,
+    start_dashboard,
+)
+from tests.dashboard.conftest import Seeded
+
+PAGES = [
+    ("", "overview", "Latest evaluations"),
+    ("registry", "registry", "Versions of"),
+    ("evaluations", "evaluations", "Cases side by side"),
+    ("finetuning", "finetuning", "Start a job"),
+    ("deployments", "deployments", "The controller's decisions"),
+    ("monitoring", "monitoring", "Alerts"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser_page(seeded: Seeded) -> Iterator[tuple[Any, str]]:
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium()
+    dashboard = start_dashboard(seeded.url, seeded.admin)
+    address = next(dashboard)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        yield page, address
+        browser.close()
+    dashboard.close()
+
+
+@pytest.mark.parametrize(("path", "name", "expect"), PAGES, ids=[p[1] for p in PAGES])
+def test_every_page_renders_without_an_exception(
+    browser_page: tuple[Any, str], path: str, name: str, expect: str
+) -> None:
+    page, address = browser_page
+    open_page(page, address, path, expect)
+    no_exception(page)
+    assert "signed in as" in page.inner_text("body")
+    assert screenshot(page, name).stat().st_size > 10_000
+
+
+def test_a_click_on_roll_back_restores_the_deployments_weights(
+    browser_page: tuple[Any, str], seeded: Seeded
+) -> None:
+    page, address = browser_page
+    admin = {"Authorization": f"Bearer {seeded.admin}"}
+    url = f"{seeded.url}/api/v1/deployments/chat"
+    arms = httpx.get(url, headers=admin).json()["arms"]
+    shifted = [{**arm, "weight": 90 if arm["name"] == "control" else 10} for arm in arms]
+    httpx.patch(url, json={"arms": shifted}, headers=admin).raise_for_status()
+    open_page(page, address, "deployments", "The controller's decisions")
+    page.get_by_role("button", name="Roll back", exact=True).click()
+    page.get_by_text("rolled back to its previous arms").wait_for(timeout=30_000)
+    settle(page)
+    no_exception(page)
+    weights = {a["name"]: a["weight"] for a in httpx.get(url, headers=admin).json()["arms"]}
+    assert weights == {a["name"]: a["weight"] for a in arms}

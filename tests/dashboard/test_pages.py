@@ -1,0 +1,195 @@
+"""Every dashboard page run by Streamlit's AppTest against the real seeded server: what a user
+sees (the numbers the API has), who may press which button, and what a bad token shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.dashboard.conftest import Seeded, app_test
+
+
+def api(seeded: Seeded, path: str, **params: Any) -> Any:
+    headers = {"Authorization": f"Bearer {seeded.admin}"}
+    response = httpx.get(f"{seeded.url}/api/v1{path}", params=params, headers=headers, timeout=60)
+    response.raise_for_status()
+    return response.json()
+
+
+def text_of(at: Any) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += (
+        [i.value for i in at.info] + [w.value for w in at.warning] + [e.value for e in at.error]
+    )
+    return "\n".join(str(p) for p in parts)
+
+
+def frames(at: Any) -> list[Any]:
+    return [frame.value for frame in at.dataframe]
+
+
+def run(seeded: Seeded, page: str, token: str | None) -> Any:
+    at = app_test(seeded, page, token)
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def test_overview_shows_deployments_rollouts_alerts_runs_and_jobs(seeded: Seeded) -> None:
+    at = run(seeded, "pages/overview.py", seeded.viewer)
+    tiles = {metric.label: metric.value for metric in at.metric}
+    assert tiles["Deployments"] == "2" and tiles["Alerts"] == "1"
+    shown = text_of(at)
+    assert (
+        "**chat** on `cpu`: control → bot@production (50%), candidate → bot@candidate (50%)"
+        in shown
+    )
+    assert "rollout rolled_back · controller: **rollback**" in shown
+    runs = frames(at)[1]
+    assert set(runs["run"]) == {seeded.baseline_run, seeded.candidate_run}
+    assert set(runs["status"]) == {"completed"}
+    jobs = frames(at)[2]
+    assert list(jobs["job"]) == [seeded.job_id] and list(jobs["status"]) == ["succeeded"]
+
+
+def test_registry_shows_versions_lineage_and_alias_history(seeded: Seeded) -> None:
+    at = run(seeded, "pages/registry.py", seeded.viewer)
+    models = frames(at)[0]
+    assert set(models["model"]) == {"bot", "tiny", "tiny-dash"}  # tiny-dash: the job's adapter
+    at.selectbox(key="model").select("bot").run()
+    versions = frames(at)[1]
+    assert sorted(versions["version"]) == [1, 2, 3] and set(versions["base"]) == {"tiny/1"}
+    at.selectbox(key="alias").select("candidate").run()
+    history = frames(at)[2]
+    assert list(history["to"]) == [2, 3]  # oldest first, as the API lists it
+    assert "**bot@candidate** points at version **3**" in text_of(at)
+    assert "tiny/1 —adapter of→ bot/" in text_of(at)  # the lineage graph's edges, in words
+
+
+def test_a_viewer_sees_the_alias_buttons_disabled_and_an_admin_rolls_back(seeded: Seeded) -> None:
+    viewer = run(seeded, "pages/registry.py", seeded.viewer)
+    viewer.selectbox(key="model").select("bot").run()
+    for key in ("promote", "rollback-alias"):
+        assert viewer.button(key=key).disabled, key
+    assert "you are viewer" in (viewer.button(key="rollback-alias").help or "")
+
+    editor = run(seeded, "pages/registry.py", seeded.editor)
+    editor.selectbox(key="model").select("bot").run()
+    assert not editor.button(key="promote").disabled
+    assert editor.button(key="rollback-alias").disabled  # rolling back an alias is for admins
+
+    admin = run(seeded, "pages/registry.py", seeded.admin)
+    admin.selectbox(key="model").select("bot").run()
+    admin.selectbox(key="alias").select("candidate").run()
+    admin.button(key="rollback-alias").click().run()
+    assert not admin.exception
+    assert api(seeded, "/models/bot/aliases/candidate")["version"] == 2
+    httpx.put(
+        f"{seeded.url}/api/v1/models/bot/aliases/candidate",
+        json={"version": 3},
+        headers={"Authorization": f"Bearer {seeded.admin}"},
+    ).raise_for_status()
+
+
+def test_evaluations_compare_two_runs_with_the_apis_numbers(seeded: Seeded) -> None:
+    at = run(seeded, "pages/evaluations.py", seeded.viewer)
+    runs = frames(at)[0]
+    assert set(runs["run"]) == {seeded.baseline_run, seeded.candidate_run}
+    labels = at.selectbox(key="baseline").options
+    baseline = next(label for label in labels if seeded.baseline_run in label)
+    candidate = next(label for label in labels if seeded.candidate_run in label)
+    at.selectbox(key="baseline").select(baseline).run()
+    at.selectbox(key="candidate").select(candidate).run()
+    comparison = api(
+        seeded, "/evals/compare", baseline=seeded.baseline_run, candidate=seeded.candidate_run
+    )
+    table = frames(at)[1].set_index("metric")
+    for metric in ("exact_match", "json_valid", "llm_judge"):
+        expected = comparison["metrics"][metric]
+        assert table.loc[metric, "difference"] == pytest.approx(expected["difference"])
+        assert table.loc[metric, "95% low"] == pytest.approx(expected["ci_low"])
+        assert table.loc[metric, "wins"] == expected["wins"]
+    cases = frames(at)[-1]
+    assert len(cases) == 12 and cases["baseline output"].notna().all()
+    at.toggle(key="only-regressed").set_value(True).run()
+    regressed = {r["case_id"] for r in comparison["regressions"]}
+    if regressed:
+        assert set(frames(at)[-1]["case"]) == regressed
+    else:  # two good adapters: the API found no regressed case, and the page says so
+        assert "No regressed cases on this page." in text_of(at)
+        assert at.toggle(key="only-regressed").label == "Only regressed cases (0)"
+
+
+def test_finetuning_shows_the_jobs_curve_events_and_a_viewer_cannot_start_one(
+    seeded: Seeded,
+) -> None:
+    at = run(seeded, "pages/finetuning.py", seeded.viewer)
+    jobs = frames(at)[0]
+    assert list(jobs["job"]) == [seeded.job_id] and list(jobs["status"]) == ["succeeded"]
+    metrics = api(seeded, f"/finetune/runs/{seeded.job_id}/metrics")
+    points = sum(p["train_loss"] is not None for p in metrics["series"])
+    assert f"Loss of {seeded.job_id} ({points} training points)" in str(
+        at.get("plotly_chart")[0].proto
+    )
+    tiles = {metric.label: metric.value for metric in at.metric}
+    assert tiles["Registered as"] == metrics["registered_version"]
+    start = at.button(key="start-job")
+    assert start.disabled and "you are viewer" in (start.help or "")
+
+
+def test_deployments_show_requests_per_arm_and_the_controllers_decision(seeded: Seeded) -> None:
+    at = run(seeded, "pages/deployments.py", seeded.viewer)
+    at.selectbox(key="deployment").select("chat").run()
+    per_arm = frames(at)[1]
+    assert dict(zip(per_arm["arm"], per_arm["requests"], strict=True)) == seeded.requests
+    assert at.button(key="rollback-deployment").disabled
+    at.selectbox(key="deployment").select("canary").run()
+    decision = api(seeded, "/deployments/canary/decisions")["data"][0]
+    assert decision["action"] == "rollback"
+    assert f"**rollback** at {decision['weight']:g}%" in text_of(at)
+    assert decision["reason"] in text_of(at)
+
+
+def test_an_editor_rolls_back_a_deployment_and_the_weights_change(seeded: Seeded) -> None:
+    admin = {"Authorization": f"Bearer {seeded.admin}"}
+    seeded_arms = api(seeded, "/deployments/chat")["arms"]
+    shifted = [{**arm, "weight": 100 if arm["name"] == "candidate" else 0} for arm in seeded_arms]
+    httpx.patch(
+        f"{seeded.url}/api/v1/deployments/chat", json={"arms": shifted}, headers=admin
+    ).raise_for_status()
+    at = run(seeded, "pages/deployments.py", seeded.editor)
+    at.selectbox(key="deployment").select("chat").run()
+    assert dict(zip(frames(at)[0]["arm"], frames(at)[0]["weight %"], strict=True)) == {
+        "control": 0,
+        "candidate": 100,
+    }
+    at.button(key="rollback-deployment").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("rolled back" in s.value for s in at.success)
+    weights = {a["name"]: a["weight"] for a in api(seeded, "/deployments/chat")["arms"]}
+    assert (
+        weights == {a["name"]: a["weight"] for a in seeded_arms} == {"control": 50, "candidate": 50}
+    )
+
+
+def test_monitoring_shows_the_drift_check_and_the_alert(seeded: Seeded) -> None:
+    at = run(seeded, "pages/monitoring.py", seeded.viewer)
+    check = api(seeded, f"/monitors/drift/{seeded.drift_check}")
+    drift = frames(at)[0]
+    assert list(drift["check"]) == [check["id"]]
+    assert list(drift["share drifted"]) == [pytest.approx(check["share_drifted"])]
+    alerts = frames(at)[1]
+    assert list(alerts["alert"]) == [seeded.alert_id] and list(alerts["rule"]) == ["busy-chat"]
+    assert "busy-chat (requests > 10 on chat)" in text_of(at)
+
+
+def test_a_bad_or_missing_token_shows_the_message_and_the_login_box(seeded: Seeded) -> None:
+    for token, message in ((None, "No API token"), ("ehk_not-a-token", "refused the token")):
+        at = app_test(seeded, "pages/overview.py", token)
+        at.run()
+        assert not at.exception
+        assert any(message in w.value for w in at.warning), [w.value for w in at.warning]
+        assert [t.label for t in at.text_input] == ["Server", "API token"]
