@@ -19,13 +19,14 @@ from dashboard.models import Principal
 _URL = "evalhub_url"
 _TOKEN = "evalhub_token"
 _WHO = "evalhub_principal"
+_API = "evalhub_api"
 
 
 def connect() -> tuple[Api, Principal]:
     """The session's client and who it is; stops the page at the login box when it has none."""
     url = st.session_state.get(_URL) or os.environ.get("EVALHUB_URL") or "http://127.0.0.1:8000"
     token = st.session_state.get(_TOKEN) or os.environ.get("EVALHUB_TOKEN")
-    api = Api(url, token)
+    api = _client(url, token)
     problem = None
     if not token:
         problem = (
@@ -43,6 +44,17 @@ def connect() -> tuple[Api, Principal]:
     _login(url, problem)
     st.stop()
     raise AssertionError("unreachable")  # st.stop() ends the script run
+
+
+def _client(url: str, token: str | None) -> Api:
+    """One client (and its connection pool) per browser session and server, not one a rerun."""
+    kept: Api | None = st.session_state.get(_API)
+    if kept is not None and (kept.url, kept.token) == (url.rstrip("/"), token):
+        return kept
+    if kept is not None:
+        kept.close()
+    st.session_state[_API] = Api(url, token)
+    return st.session_state[_API]
 
 
 def _login(url: str, problem: str | None) -> None:
@@ -84,7 +96,7 @@ def attempt(action: Callable[[], Any], done: str) -> Any:
     return result
 
 
-def shown(read: Callable[[], Any], empty: str | None = None) -> Any:
+def shown(read: Callable[[], Any]) -> Any:
     """Reads for a page part: the API's message instead of a traceback when it fails."""
     try:
         return read()
