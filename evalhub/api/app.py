@@ -18,6 +18,7 @@ from evalhub.api.routes import (
     admin,
     alerts,
     aliases,
+    annotation_queues,
     datasets,
     evals,
     events,
@@ -126,6 +127,7 @@ def create_app(
         monitoring,
         quality,
         alerts,
+        annotation_queues,
         events,
         admin,
     ):

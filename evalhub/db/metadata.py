@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import SQLModel
 
+from evalhub.annotations import tables as annotation_tables
 from evalhub.db import tables as evalhub_tables
 from evalhub.eval import tables as eval_tables
 from evalhub.finetune import tables as finetune_tables
@@ -15,6 +16,7 @@ from registry import tables as registry_tables
 
 #: Importing these modules registers their tables on the one metadata; add new table modules here.
 TABLE_MODULES = (
+    annotation_tables,
     evalhub_tables,
     eval_tables,
     finetune_tables,

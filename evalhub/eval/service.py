@@ -363,6 +363,12 @@ class EvalService:
         )
         return self.store.import_run(row, run)
 
+    def suite(self, run_id: str) -> Suite | None:
+        """The run's suite with its cases, as the run loaded them; None for a run imported from
+        the CLI, which stores its results but not its suite or dataset."""
+        row = self.store.row(run_id)
+        return self._suite_of(row, None) if row.suite_text else None
+
     def compare(self, baseline_id: str, candidate_id: str) -> Comparison:
         return compare_runs(self.store.run(baseline_id), self.store.run(candidate_id))
 
