@@ -16,6 +16,7 @@ PAGES = [
     ("pages/overview.py", "Overview", ":material/dashboard:"),
     ("pages/registry.py", "Registry", ":material/inventory_2:"),
     ("pages/evaluations.py", "Evaluations", ":material/rule:"),
+    ("pages/human_eval.py", "Human evaluation", ":material/how_to_reg:"),
     ("pages/finetuning.py", "Fine-tuning", ":material/model_training:"),
     ("pages/deployments.py", "Deployments and A/B", ":material/call_split:"),
     ("pages/monitoring.py", "Monitoring", ":material/monitor_heart:"),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from dashboard.models import ReadModel
 
 
@@ -13,10 +11,12 @@ class Model(ReadModel):
     description: str = ""
     latest_version: int | None = None
     aliases: dict[str, int] = {}
+    created_at: str
 
 
 class Version(ReadModel):
     ref: str
+    model: str
     version: int
     kind: str
     status: str
@@ -29,6 +29,7 @@ class Version(ReadModel):
     dataset: str | None = None
     training_job: str | None = None
     created_at: str
+    created_by: str = ""
 
 
 class AliasMove(ReadModel):
@@ -38,6 +39,12 @@ class AliasMove(ReadModel):
     actor: str
     reason: str = ""
     created_at: str
+
+
+class DatasetVersion(ReadModel):
+    ref: str
+    row_count: int
+    digest: str
 
 
 class Edge(ReadModel):
@@ -51,6 +58,7 @@ class Edge(ReadModel):
 class Lineage(ReadModel):
     version: Version
     base: Version | None = None
-    dataset: dict[str, Any] | None = None
+    dataset: DatasetVersion | None = None
+    derived: list[str] = []
     upstream: list[Edge] = []
     downstream: list[Edge] = []

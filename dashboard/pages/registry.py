@@ -6,8 +6,10 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
+from dashboard.client import Api
 from dashboard.live import refresh_on_change
 from dashboard.models.registry import AliasMove, Lineage, Model, Version
+from dashboard.models.serving import Deployment
 from dashboard.paging import paged
 from dashboard.session import admin_button, attempt, connect, shown
 
@@ -62,6 +64,21 @@ st.dataframe(
     hide_index=True,
 )
 
+
+def serving(api: Api, ref: str) -> list[tuple[str, str]]:
+    """The deployment arms whose model reference (an alias, say) resolves to the version `ref`."""
+
+    def arms() -> list[tuple[str, str]]:
+        return [
+            (deployment.name, arm.name)
+            for deployment in api.many(Deployment, "/deployments")
+            for arm in deployment.arms
+            if arm.model == ref or api.one(Version, "/resolve", ref=arm.model).ref == ref
+        ]
+
+    return shown(arms) or []
+
+
 if versions:
     chosen = st.selectbox(
         "Lineage of version", [v.version for v in versions], key="lineage-version"
@@ -78,10 +95,20 @@ if versions:
             source = f"{edge.source_kind}:{edge.source_id}"
             nodes.setdefault(source, edge.source_kind)
             edges.append((source, me, edge.relation))
+        if lineage.dataset is not None:
+            nodes[lineage.dataset.ref] = "dataset"
+            edges.append((lineage.dataset.ref, me, "trained on"))
         for edge in lineage.downstream:
             target = f"{edge.target_kind}:{edge.target_id}"
             nodes.setdefault(target, edge.target_kind)
             edges.append((me, target, edge.relation))
+        for ref in lineage.derived:
+            nodes.setdefault(ref, "version")
+            edges.append((me, ref, "base of"))
+        for deployment, arm in serving(api, me):
+            node = f"deployment:{deployment}/{arm}"
+            nodes[node] = "deployment arm"
+            edges.append((me, node, "served by"))
         upstream = [n for n in nodes if any(e[0] == n and e[1] == me for e in edges)]
         downstream = [n for n in nodes if any(e[0] == me and e[1] == n for e in edges)]
         place = {me: (1.0, 0.0)}

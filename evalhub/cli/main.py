@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from evalhub.cli.annotate import annotate_app
 from evalhub.cli.dashboard import dashboard
 from evalhub.cli.eval import eval_app, gate_command
 from evalhub.cli.finetune import finetune_app
@@ -36,6 +37,7 @@ app.add_typer(finetune_app, name="finetune")
 app.add_typer(backend_app, name="backend")
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(monitor_app, name="monitor")
+app.add_typer(annotate_app, name="annotate")
 app.command()(traffic)
 app.command("gate")(gate_command)
 app.command()(dashboard)

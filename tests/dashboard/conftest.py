@@ -4,7 +4,8 @@ What the pages show comes from here: a tiny base and three really fine-tuned or 
 served by a real local backend; a fine-tuning job that really trained; two eval runs of the same
 suite (exact match, JSON validity, and an LLM judge that is a scripted server, named so because
 no judge model runs here); a deployment with traffic through the gateway and feedback; a canary
-under analysis that the controller rolled back; a drift check; an alert. Built once per test process (session scope).
+under analysis that the controller rolled back; a drift check; an alert; annotation queues
+of an eval run (with two raters' labels) and of the traffic. Built once per test process (session scope).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tests.scripted_server import ScriptedServer, scripted
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
 EVAL_CASES = 12
+QUEUE = "json-quality"
 
 SUITE = """\
 name: json-words
@@ -209,6 +211,24 @@ def _seed(
     )
     assert finished["status"] == "succeeded", finished
 
+    # Human evaluation: the candidate run's answers on a 1-5 scale, half of them labelled by two
+    # raters (one agrees with the judge, one is harsher on two), and a sample of traffic.
+    rater = api.post("/tokens", {"name": "dash-rater", "role": "editor"})["token"]
+    api.post(
+        "/annotations/queues",
+        {"name": QUEUE, "kind": "scale", "eval_run": runs["candidate"], "question": "How good?"},
+    )
+    items = api.get(f"/annotations/queues/{QUEUE}/items", limit=EVAL_CASES // 2)["data"]
+    for token, harsh in ((tokens["editor"], 0), (rater, 2)):
+        for i, item in enumerate(items):
+            agrees = 1 + round(4 * item["judges"]["llm_judge"])
+            value = (agrees - 2 if agrees > 2 else agrees + 2) if i < harsh else agrees
+            http.put(
+                f"/api/v1/annotations/queues/{QUEUE}/items/{item['id']}/label",
+                json={"value": value},
+                headers={"Authorization": f"Bearer {token}"},
+            ).raise_for_status()
+
     # A deployment with traffic on two arms and feedback on some answers.
     api.post(
         "/deployments",
@@ -277,6 +297,16 @@ def _seed(
     )
     api.post("/monitors/run", {"deployment": "chat"})
     alert = api.get("/alerts", deployment="chat")["data"][0]
+    api.post(
+        "/annotations/queues",
+        {
+            "name": "chat-sample",
+            "kind": "labels",
+            "labels": ["bad", "good"],
+            "deployment": "chat",
+            "sample": 10,
+        },
+    )
     drift = api.post(
         "/monitors/drift",
         {

@@ -1,5 +1,6 @@
 """The dashboard in a real headless chromium: every page renders its content with no exception
-box (screenshots under test-output/screenshots), and a deployment is rolled back by a click."""
+box (screenshots under test-output/screenshots), a deployment is rolled back by a click, and three
+items of a queue are labelled from the keyboard while the agreement table follows."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from tests.dashboard.browser import (
     settle,
     start_dashboard,
 )
-from tests.dashboard.conftest import Seeded
+from tests.dashboard.conftest import QUEUE, Seeded
 
 PAGES = [
     ("", "overview", "Latest evaluations"),
     ("registry", "registry", "Versions of"),
     ("evaluations", "evaluations", "Cases side by side"),
+    ("human_eval?queue=json-quality", "human-eval", "Judges against humans"),
     ("finetuning", "finetuning", "Start a job"),
     ("deployments", "deployments", "The controller's decisions"),
     ("monitoring", "monitoring", "Alerts"),
@@ -71,3 +73,27 @@ def test_a_click_on_roll_back_restores_the_deployments_weights(
     no_exception(page)
     weights = {a["name"]: a["weight"] for a in httpx.get(url, headers=admin).json()["arms"]}
     assert weights == {a["name"]: a["weight"] for a in arms}
+
+
+def test_labelling_three_items_updates_the_agreement_table(
+    browser_page: tuple[Any, str], seeded: Seeded
+) -> None:
+    page, address = browser_page
+    admin = {"Authorization": f"Bearer {seeded.admin}"}
+    agreement = f"{seeded.url}/api/v1/annotations/queues/{QUEUE}/agreement"
+    before = httpx.get(agreement, headers=admin).json()["judges"][0]
+    open_page(page, address, f"human_eval?queue={QUEUE}", "Judges against humans")
+    for _ in range(3):
+        shown = page.locator('[data-testid="stProgress"]').inner_text()
+        page.locator('[data-testid="stRadio"]').get_by_text("4", exact=True).click()
+        page.get_by_label("Comment (optional; Enter saves)").press("Enter")  # the keyboard way
+        page.get_by_text("labelled item").wait_for(timeout=30_000)
+        settle(page)
+        no_exception(page)
+        assert page.locator('[data-testid="stProgress"]').inner_text() != shown
+    after = httpx.get(agreement, headers=admin).json()["judges"][0]
+    assert after["n"] == before["n"] + 3
+    table = page.locator('[data-testid="stTable"]').first.inner_text()
+    assert f"{after['raw']:.2f} [{after['raw_low']:.2f}, {after['raw_high']:.2f}]" in table
+    assert str(after["n"]) in table.split()
+    screenshot(page, "human-eval-labelled")

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.dashboard.conftest import Seeded, app_test
+from tests.dashboard.conftest import EVAL_CASES, QUEUE, Seeded, app_test
 
 
 def api(seeded: Seeded, path: str, **params: Any) -> Any:
@@ -67,6 +67,8 @@ def test_registry_shows_versions_lineage_and_alias_history(seeded: Seeded) -> No
     assert list(history["to"]) == [2, 3]  # oldest first, as the API lists it
     assert "**bot@candidate** points at version **3**" in text_of(at)
     assert "tiny/1 —adapter of→ bot/" in text_of(at)  # the lineage graph's edges, in words
+    at.selectbox(key="lineage-version").select(1).run()  # bot@production
+    assert "bot/1 —served by→ deployment:chat/control" in text_of(at)
 
 
 def test_a_viewer_sees_the_alias_buttons_disabled_and_an_admin_rolls_back(seeded: Seeded) -> None:
@@ -193,3 +195,67 @@ def test_a_bad_or_missing_token_shows_the_message_and_the_login_box(seeded: Seed
         assert not at.exception
         assert any(message in w.value for w in at.warning), [w.value for w in at.warning]
         assert [t.label for t in at.text_input] == ["Server", "API token"]
+
+
+def test_human_evaluation_shows_progress_the_next_item_and_judge_agreement(
+    seeded: Seeded,
+) -> None:
+    at = run(seeded, "pages/human_eval.py", seeded.editor)
+    queues = frames(at)[0]
+    assert list(queues["queue"]) == ["chat-sample", QUEUE]  # newest first
+    assert list(queues["items"]) == [10, EVAL_CASES]
+    at.selectbox(key="queue").set_value(QUEUE).run()
+    assert not at.exception, at.exception
+    progress = at.get("progress")[0].proto.text
+    assert progress.startswith(f"you have labelled {EVAL_CASES // 2} of {EVAL_CASES}")
+    item = api(seeded, f"/annotations/queues/{QUEUE}/items", limit=100)["data"][EVAL_CASES // 2]
+    assert item["output"] in [
+        c.value for c in at.code
+    ]  # the first item the editor has not labelled
+    report = api(seeded, f"/annotations/queues/{QUEUE}/agreement")
+    judges, raters = (table.value for table in at.table)
+    (judge,) = report["judges"]
+    assert list(judges[""]) == ["llm_judge"] and list(judges["labels"]) == [judge["n"]]
+    assert list(judges["kappa [95%]"]) == [
+        f"{judge['kappa']:.2f} [{judge['kappa_low']:.2f}, {judge['kappa_high']:.2f}]"
+    ]
+    # The two seeded raters (the browser test's rater may be in the table too).
+    seeded_pair = raters[(raters[""] == "dash-editor") & (raters["against"] == "dash-rater")]
+    assert list(seeded_pair["items"]) == [6]
+    assert next(iter(seeded_pair["raw agreement [95%]"])).startswith("0.67 [")  # 4 of 6 agree
+
+    # Label the shown item through the form: the next one comes, the API has the label.
+    at.radio(key="label-value").set_value("4")
+    at.button(key="save-label").click().run()
+    assert not at.exception, at.exception
+    assert f"labelled item {item['position']}: 4" in [s.value for s in at.success]
+    labelled = api(seeded, f"/annotations/queues/{QUEUE}/items", limit=100)["data"]
+    mine = [label for i in labelled if i["id"] == item["id"] for label in i["labels"]]
+    assert [(label["rater"], label["value"]) for label in mine] == [("dash-editor", "4")]
+    assert at.get("progress")[0].proto.text.startswith(f"you have labelled {EVAL_CASES // 2 + 1}")
+
+
+def test_a_viewer_sees_the_agreement_but_cannot_label(seeded: Seeded) -> None:
+    at = run(seeded, "pages/human_eval.py", seeded.viewer)
+    assert "Labelling needs the editor role; you are viewer." in text_of(at)
+    assert not [b for b in at.button if b.key == "save-label"]
+
+
+PAGES = [
+    "pages/overview.py",
+    "pages/registry.py",
+    "pages/evaluations.py",
+    "pages/human_eval.py",
+    "pages/finetuning.py",
+    "pages/deployments.py",
+    "pages/monitoring.py",
+]
+# Buttons that change nothing on the server: paging, and signing out of this browser session.
+HARMLESS = ("sign-out", ":previous", ":next")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_a_viewer_sees_no_enabled_button_that_changes_anything(seeded: Seeded, page: str) -> None:
+    at = run(seeded, page, seeded.viewer)
+    acting = [b for b in at.button if not str(b.key or "").endswith(HARMLESS)]
+    assert all(b.disabled for b in acting), [(b.key, b.label) for b in acting if not b.disabled]
