@@ -9,6 +9,7 @@ from sqlmodel import Session, col, select
 
 from registry import json_limits
 from registry.artifacts import digest_file
+from registry.dataset_diff import DatasetDiff, diff_datasets
 from registry.entities import (
     Dataset,
     DatasetFormat,
@@ -186,6 +187,21 @@ class DatasetStore(StoreBase):
     def dataset_path(self, ref: str) -> Path:
         """A local, digest-verified copy of a dataset version's file."""
         return self.artifacts.blob_path(self.resolve_dataset(ref).digest)
+
+    def diff_datasets(self, base_ref: str, target_ref: str) -> DatasetDiff:
+        """Rows added, removed and changed from `base_ref` to `target_ref`, with contradictions."""
+        base, target = self.resolve_dataset(base_ref), self.resolve_dataset(target_ref)
+        if base.format != target.format:
+            raise invalid(
+                f"{base.ref} holds {base.format.value} rows and {target.ref} "
+                f"{target.format.value} rows: only versions of one format compare"
+            )
+        return diff_datasets(
+            self.artifacts.blob_path(base.digest),
+            self.artifacts.blob_path(target.digest),
+            target.format,
+            labels=(base.ref, target.ref),
+        )
 
 
 def check_jsonl(path: Path, dataset_format: DatasetFormat, label: str | None = None) -> int:

@@ -75,6 +75,17 @@ def store(platform):  # type: ignore[no-untyped-def]
     return platform.registry
 
 
+@pytest.fixture
+def cli_env(platform) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The environment for `evalhub` commands run in-process on the test's platform."""
+    return {
+        "EVALHUB_HOME": str(platform.settings.home),
+        "EVALHUB_DATABASE_URL": platform.settings.resolved_database_url,
+        "EVALHUB_URL": "",
+        "COLUMNS": "200",
+    }
+
+
 # -- real tiny models ----------------------------------------------------------------------------
 
 

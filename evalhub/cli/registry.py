@@ -339,3 +339,53 @@ def datasets_show(name: str, as_json: JsonFlag = False) -> None:
         return
     fields(dataset)
     table(versions, ["ref", "format", "split", "row_count", "size_bytes", "digest", "filename"])
+
+
+@datasets_app.command("diff")
+def datasets_diff(
+    base: Annotated[str, typer.Argument(help="The version to compare with: name/N, or a name")],
+    target: Annotated[str, typer.Argument(help="The version compared: name/N, or a name (latest)")],
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 when TARGET has contradictions (for CI)")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Rows added, removed and changed from BASE to TARGET, and the prompts TARGET answers in
+    two different ways (contradictions)."""
+    name, _, number = target.partition("/")
+    with api_errors(), Client.connect() as client:
+        if not number:
+            number = str(client.get(f"/datasets/{name}")["latest_version"])
+        diff = client.get(f"/datasets/{name}/versions/{number}/diff", base=base)
+    if as_json:
+        print_json(diff)
+    else:
+        console.print(
+            f"{diff['base']} → {diff['target']}: {diff['added']} added, {diff['removed']} "
+            f"removed, {diff['changed']} changed, {diff['unchanged']} unchanged",
+            highlight=False,
+        )
+        for kind in ("added", "removed"):
+            rows = [
+                {"row": json.dumps(row, ensure_ascii=False)} for row in diff[f"examples_{kind}"]
+            ]
+            if rows:
+                table(rows, ["row"], f"{kind} (first {len(rows)} of {diff[kind]})")
+        changed = [
+            {
+                "key": change["key"],
+                "before": json.dumps(change["before"], ensure_ascii=False),
+                "after": json.dumps(change["after"], ensure_ascii=False),
+            }
+            for change in diff["examples_changed"]
+        ]
+        if changed:
+            table(changed, ["key", "before", "after"], f"changed (first {len(changed)})")
+        contradictions = [
+            {**c, "answers": " | ".join(c["answers"]), "lines": ", ".join(map(str, c["lines"]))}
+            for c in diff["contradictions"]
+        ]
+        if contradictions:
+            table(contradictions, ["prompt", "answers", "lines"], "contradictions")
+    if check and diff["contradictions"]:
+        raise typer.Exit(1)

@@ -401,16 +401,13 @@ def test_bad_rules_are_refused_and_write_nothing(
 
 
 def test_the_cli_creates_a_rule_and_lists_what_fired(
-    platform: Platform, bot: dict[str, list[str]], receiver: Callable[..., Receiver]
+    platform: Platform,
+    bot: dict[str, list[str]],
+    receiver: Callable[..., Receiver],
+    cli_env: dict[str, str],
 ) -> None:
     hook = receiver()
-    env = {
-        "EVALHUB_HOME": str(platform.settings.home),
-        "EVALHUB_DATABASE_URL": platform.settings.resolved_database_url,
-        "EVALHUB_URL": "",
-        "COLUMNS": "200",
-        "EVALHUB_WEBHOOK_SECRET": SECRET,
-    }
+    env = {**cli_env, "EVALHUB_WEBHOOK_SECRET": SECRET}
     runner = CliRunner()
 
     def cli(*args: str, code: int = 0) -> str:

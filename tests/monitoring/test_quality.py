@@ -302,14 +302,9 @@ def test_unknown_deployments_empty_windows_and_bad_buckets_are_4xx(
 
 
 def test_the_cli_prints_quality_and_cost_tables(
-    platform: Platform, bot: dict[str, list[str]]
+    platform: Platform, bot: dict[str, list[str]], cli_env: dict[str, str]
 ) -> None:
-    env = {
-        "EVALHUB_HOME": str(platform.settings.home),
-        "EVALHUB_DATABASE_URL": platform.settings.resolved_database_url,
-        "EVALHUB_URL": "",
-        "COLUMNS": "200",
-    }
+    env = cli_env
     runner = CliRunner()
     done = runner.invoke(
         cli_app, ["monitor", "quality", "--deployment", "bot", "--since", "2h"], env=env

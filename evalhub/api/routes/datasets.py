@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from evalhub.api.deps import Editor, Limit, NamePath, PlatformDep, VersionPath, Viewer
 from evalhub.api.routes.uploads import uploaded_file
 from evalhub.api.schemas import DatasetCreate, DatasetVersionCreated
+from registry.dataset_diff import DatasetDiff
 from registry.entities import Dataset, DatasetFormat, DatasetVersion, Page
+from registry.errors import invalid
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -79,6 +81,26 @@ def get_dataset_version(
     name: NamePath, version: VersionPath, platform: PlatformDep, _: Viewer
 ) -> DatasetVersion:
     return platform.registry.get_dataset_version(name, version)
+
+
+@router.get("/{name}/versions/{version}/diff")
+def diff_dataset_version(
+    name: NamePath,
+    version: VersionPath,
+    platform: PlatformDep,
+    _: Viewer,
+    base: Annotated[
+        str | None,
+        Query(max_length=300, description="the version to compare with (default: the previous)"),
+    ] = None,
+) -> DatasetDiff:
+    """Rows added, removed and changed since `base`, and the prompts that this version answers
+    in two different ways (contradictions)."""
+    if base is None:
+        if version == 1:
+            raise invalid(f"{name}/1 is the first version: name a base to compare it with")
+        base = f"{name}/{version - 1}"
+    return platform.registry.diff_datasets(base, f"{name}/{version}")
 
 
 @router.get("/{name}/versions/{version}/content", response_class=FileResponse)
