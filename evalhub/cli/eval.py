@@ -389,6 +389,84 @@ def eval_compare(
         console.print(f"warning: {warning}", highlight=False)
 
 
+@eval_app.command("errors")
+def eval_errors(
+    run: Annotated[str, typer.Argument(help="The run to analyse")],
+    baseline: Annotated[
+        str | None, typer.Option(help="Show the cases that regressed against this run")
+    ] = None,
+    metric: Annotated[str | None, typer.Option(help="Default: the first 0/1 metric")] = None,
+    below: Annotated[float, typer.Option(help="A score below this share of its scale fails")] = 0.5,
+    clusters: Annotated[int, typer.Option(min=1, max=50, help="Clusters of the prompts")] = 4,
+    export: Annotated[
+        str | None, typer.Option(help="Export a group's failing cases: slice:TAG, cluster:N, all")
+    ] = None,
+    export_as: Annotated[
+        str, typer.Option("--as", help="chat (training rows) or eval (cases)")
+    ] = "chat",
+    dataset: Annotated[str | None, typer.Option(help="The dataset to register them in")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Where a run fails: its failing (or regressed) cases by slice, by metric and by clusters of
+    similar prompts, with examples; --export turns a group into a new dataset version."""
+    query: dict[str, Any] = {
+        "baseline": baseline,
+        "metric": metric,
+        "below": below,
+        "clusters": clusters,
+    }
+    if export is not None:
+        if dataset is None:
+            fail("--export needs --dataset NAME to register the rows in")
+        body = {**query, "group": export, "as": export_as, "dataset": dataset}
+        with api_errors(), Client.connect() as client:
+            done = client.post(f"/evals/{run}/errors/export", body)
+        if as_json:
+            print_json(done)
+            return
+        state = "registered" if done["created"] else "already registered as"
+        console.print(
+            f"{state} {done['version']['ref']}: {done['rows']} {export_as} rows from {export} "
+            f"of {run}",
+            highlight=False,
+        )
+        return
+    with api_errors(), Client.connect() as client:
+        report = client.get(f"/evals/{run}/errors", **query)
+    if as_json:
+        print_json(report)
+        return
+    console.print(
+        f"{report['failures']} of {report['cases']} cases fail: {report['rule']}", highlight=False
+    )
+
+    def rows(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {
+                **g,
+                "rate": f"{g['failure_rate']:.0%}",
+                "terms": ", ".join(g["terms"]),
+                "examples": "; ".join(
+                    f"{e['case_id']}: {e['output'][:40]!r}" for e in g["examples"]
+                ),
+            }
+            for g in groups
+        ]
+
+    table(rows(report["by_slice"]), ["name", "cases", "failures", "rate", "examples"], "by slice")
+    table(
+        report["by_metric"],
+        ["metric", "cases", "failures"],
+        f"by metric (score below {below:g} of its scale)",
+    )
+    columns = ["name", "cases", "failures", "rate", "terms", "examples"]
+    table(rows(report["clusters"]), columns, "by meaning (clusters of the prompts)")
+    console.print(
+        f"export a group: evalhub eval errors {run} --export slice:TAG --as chat --dataset NAME",
+        highlight=False,
+    )
+
+
 def gate_command(
     suite: Annotated[list[Path], typer.Option(help="A suite YAML; repeat for several")],
     candidate: Annotated[str, typer.Option(help="The model under test")],

@@ -9,6 +9,14 @@ from pydantic import BaseModel
 
 from evalhub.api.deps import Editor, EventsAfter, Limit, PlatformDep, Viewer
 from evalhub.eval.compare import Comparison
+from evalhub.eval.errors import (
+    ErrorExport,
+    ErrorQuery,
+    ErrorReport,
+    ExportedErrors,
+    analyse,
+    export_errors,
+)
 from evalhub.eval.record import EvalRun
 from evalhub.eval.service import EvalRequest, EvalService, EvalStarted
 from evalhub.eval.store import EvalCaseInfo, EvalRunInfo
@@ -77,6 +85,31 @@ def list_eval_cases(
     page_token: str | None = None,
 ) -> Page[EvalCaseInfo]:
     return EvalService(platform).store.cases(run_id, limit=limit, page_token=page_token)
+
+
+@router.get("/{run_id}/errors")
+def get_eval_errors(
+    run_id: str,
+    platform: PlatformDep,
+    _: Viewer,
+    baseline: Annotated[str | None, Query(max_length=64)] = None,
+    metric: Annotated[str | None, Query(max_length=128)] = None,
+    below: float = 0.5,
+    clusters: Annotated[int, Query(ge=1, le=50)] = 4,
+) -> ErrorReport:
+    """The run's failing cases (or, with a baseline, regressed ones) grouped by slice, by metric
+    and by clusters of the prompts' embeddings, each with examples."""
+    query = ErrorQuery(baseline=baseline, metric=metric, below=below, clusters=clusters)
+    return analyse(EvalService(platform), run_id, query)
+
+
+@router.post("/{run_id}/errors/export", status_code=201)
+def export_eval_errors(
+    run_id: str, body: ErrorExport, platform: PlatformDep, principal: Editor
+) -> ExportedErrors:
+    """A group's failing cases as chat training rows (the reference answers) or eval cases,
+    registered as a dataset version whose rows name the run and case they came from."""
+    return export_errors(EvalService(platform), run_id, body, actor=principal.name)
 
 
 @router.get("/{run_id}/events")
