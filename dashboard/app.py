@@ -11,15 +11,17 @@ from pathlib import Path
 import streamlit as st
 
 HERE = Path(__file__).parent
+# The pages live in views/, not pages/: Streamlit would also serve a pages/ directory on its own,
+# with a navigation of file names, to a browser whose first request is a page's URL.
 
 PAGES = [
-    ("pages/overview.py", "Overview", ":material/dashboard:"),
-    ("pages/registry.py", "Registry", ":material/inventory_2:"),
-    ("pages/evaluations.py", "Evaluations", ":material/rule:"),
-    ("pages/human_eval.py", "Human evaluation", ":material/how_to_reg:"),
-    ("pages/finetuning.py", "Fine-tuning", ":material/model_training:"),
-    ("pages/deployments.py", "Deployments and A/B", ":material/call_split:"),
-    ("pages/monitoring.py", "Monitoring", ":material/monitor_heart:"),
+    ("views/overview.py", "Overview", ":material/dashboard:"),
+    ("views/registry.py", "Registry", ":material/inventory_2:"),
+    ("views/evaluations.py", "Evaluations", ":material/rule:"),
+    ("views/human_eval.py", "Human evaluation", ":material/how_to_reg:"),
+    ("views/finetuning.py", "Fine-tuning", ":material/model_training:"),
+    ("views/deployments.py", "Deployments and A/B", ":material/call_split:"),
+    ("views/monitoring.py", "Monitoring", ":material/monitor_heart:"),
 ]
 
 st.set_page_config(page_title="evalhub", page_icon=":material/loop:", layout="wide")

@@ -7,10 +7,14 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from evalhub.cli.main import app as cli_app
 from tests.dashboard.conftest import Seeded
+
+# One test process for the seeded server, under --dist loadgroup (see tests/dashboard/conftest.py).
+pytestmark = pytest.mark.xdist_group("dashboard")
 
 
 def test_annotate_from_the_terminal(seeded: Seeded, tmp_path: Path) -> None:

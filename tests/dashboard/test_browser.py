@@ -4,6 +4,7 @@ items of a queue are labelled from the keyboard while the agreement table follow
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,9 @@ from tests.dashboard.browser import (
 )
 from tests.dashboard.conftest import QUEUE, Seeded
 
+# One test process for the seeded server, under --dist loadgroup (see tests/dashboard/conftest.py).
+pytestmark = pytest.mark.xdist_group("dashboard")
+
 PAGES = [
     ("", "overview", "Latest evaluations"),
     ("registry", "registry", "Versions of"),
@@ -29,6 +33,7 @@ PAGES = [
     ("deployments", "deployments", "The controller's decisions"),
     ("monitoring", "monitoring", "Alerts"),
 ]
+NAVIGATION = {"Overview", "Registry", "Human evaluation", "Deployments and A/B", "Monitoring"}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,26 @@ def test_every_page_renders_without_an_exception(
     open_page(page, address, path, expect)
     no_exception(page)
     assert "signed in as" in page.inner_text("body")
+    assert set(page.locator('[data-testid="stSidebarNav"]').inner_text().split("\n")) >= NAVIGATION
     assert screenshot(page, name).stat().st_size > 10_000
+
+
+def test_a_link_to_a_page_opened_first_shows_the_dashboards_navigation(
+    browser_page: tuple[Any, str], seeded: Seeded
+) -> None:
+    """A fresh dashboard whose first request is a page's URL (a shared link) runs app.py's
+    navigation, not one of bare file names."""
+    browser = browser_page[0].context.browser
+    dashboard = start_dashboard(seeded.url, seeded.viewer)
+    address = next(dashboard)
+    page = browser.new_page()
+    try:
+        open_page(page, address, "registry", "Versions of")
+        shown = page.locator('[data-testid="stSidebarNav"]').inner_text().split("\n")
+    finally:
+        page.close()
+        dashboard.close()
+    assert set(shown) >= NAVIGATION, shown
 
 
 def test_a_click_on_roll_back_restores_the_deployments_weights(
@@ -85,9 +109,10 @@ def test_labelling_three_items_updates_the_agreement_table(
     open_page(page, address, f"human_eval?queue={QUEUE}", "Judges against humans")
     for _ in range(3):
         shown = page.locator('[data-testid="stProgress"]').inner_text()
+        position = page.get_by_text(re.compile(r"^item \d+ · ")).inner_text().split()[1]
         page.locator('[data-testid="stRadio"]').get_by_text("4", exact=True).click()
         page.get_by_label("Comment (optional; Enter saves)").press("Enter")  # the keyboard way
-        page.get_by_text("labelled item").wait_for(timeout=30_000)
+        page.get_by_text(f"labelled item {position}: 4").wait_for(timeout=30_000)
         settle(page)
         no_exception(page)
         assert page.locator('[data-testid="stProgress"]').inner_text() != shown

@@ -10,6 +10,9 @@ import pytest
 
 from tests.dashboard.conftest import EVAL_CASES, QUEUE, Seeded, app_test
 
+# One test process for the seeded server, under --dist loadgroup (see tests/dashboard/conftest.py).
+pytestmark = pytest.mark.xdist_group("dashboard")
+
 
 def api(seeded: Seeded, path: str, **params: Any) -> Any:
     headers = {"Authorization": f"Bearer {seeded.admin}"}
@@ -39,7 +42,7 @@ def run(seeded: Seeded, page: str, token: str | None) -> Any:
 
 
 def test_overview_shows_deployments_rollouts_alerts_runs_and_jobs(seeded: Seeded) -> None:
-    at = run(seeded, "pages/overview.py", seeded.viewer)
+    at = run(seeded, "views/overview.py", seeded.viewer)
     tiles = {metric.label: metric.value for metric in at.metric}
     assert tiles["Deployments"] == "2" and tiles["Alerts"] == "1"
     shown = text_of(at)
@@ -56,7 +59,7 @@ def test_overview_shows_deployments_rollouts_alerts_runs_and_jobs(seeded: Seeded
 
 
 def test_registry_shows_versions_lineage_and_alias_history(seeded: Seeded) -> None:
-    at = run(seeded, "pages/registry.py", seeded.viewer)
+    at = run(seeded, "views/registry.py", seeded.viewer)
     models = frames(at)[0]
     assert set(models["model"]) == {"bot", "tiny", "tiny-dash"}  # tiny-dash: the job's adapter
     at.selectbox(key="model").select("bot").run()
@@ -72,18 +75,18 @@ def test_registry_shows_versions_lineage_and_alias_history(seeded: Seeded) -> No
 
 
 def test_a_viewer_sees_the_alias_buttons_disabled_and_an_admin_rolls_back(seeded: Seeded) -> None:
-    viewer = run(seeded, "pages/registry.py", seeded.viewer)
+    viewer = run(seeded, "views/registry.py", seeded.viewer)
     viewer.selectbox(key="model").select("bot").run()
     for key in ("promote", "rollback-alias"):
         assert viewer.button(key=key).disabled, key
     assert "you are viewer" in (viewer.button(key="rollback-alias").help or "")
 
-    editor = run(seeded, "pages/registry.py", seeded.editor)
+    editor = run(seeded, "views/registry.py", seeded.editor)
     editor.selectbox(key="model").select("bot").run()
     assert not editor.button(key="promote").disabled
     assert editor.button(key="rollback-alias").disabled  # rolling back an alias is for admins
 
-    admin = run(seeded, "pages/registry.py", seeded.admin)
+    admin = run(seeded, "views/registry.py", seeded.admin)
     admin.selectbox(key="model").select("bot").run()
     admin.selectbox(key="alias").select("candidate").run()
     admin.button(key="rollback-alias").click().run()
@@ -97,7 +100,7 @@ def test_a_viewer_sees_the_alias_buttons_disabled_and_an_admin_rolls_back(seeded
 
 
 def test_evaluations_compare_two_runs_with_the_apis_numbers(seeded: Seeded) -> None:
-    at = run(seeded, "pages/evaluations.py", seeded.viewer)
+    at = run(seeded, "views/evaluations.py", seeded.viewer)
     runs = frames(at)[0]
     assert set(runs["run"]) == {seeded.baseline_run, seeded.candidate_run}
     labels = at.selectbox(key="baseline").options
@@ -128,7 +131,7 @@ def test_evaluations_compare_two_runs_with_the_apis_numbers(seeded: Seeded) -> N
 def test_finetuning_shows_the_jobs_curve_events_and_a_viewer_cannot_start_one(
     seeded: Seeded,
 ) -> None:
-    at = run(seeded, "pages/finetuning.py", seeded.viewer)
+    at = run(seeded, "views/finetuning.py", seeded.viewer)
     jobs = frames(at)[0]
     assert list(jobs["job"]) == [seeded.job_id] and list(jobs["status"]) == ["succeeded"]
     metrics = api(seeded, f"/finetune/runs/{seeded.job_id}/metrics")
@@ -143,7 +146,7 @@ def test_finetuning_shows_the_jobs_curve_events_and_a_viewer_cannot_start_one(
 
 
 def test_deployments_show_requests_per_arm_and_the_controllers_decision(seeded: Seeded) -> None:
-    at = run(seeded, "pages/deployments.py", seeded.viewer)
+    at = run(seeded, "views/deployments.py", seeded.viewer)
     at.selectbox(key="deployment").select("chat").run()
     per_arm = frames(at)[1]
     assert dict(zip(per_arm["arm"], per_arm["requests"], strict=True)) == seeded.requests
@@ -162,7 +165,7 @@ def test_an_editor_rolls_back_a_deployment_and_the_weights_change(seeded: Seeded
     httpx.patch(
         f"{seeded.url}/api/v1/deployments/chat", json={"arms": shifted}, headers=admin
     ).raise_for_status()
-    at = run(seeded, "pages/deployments.py", seeded.editor)
+    at = run(seeded, "views/deployments.py", seeded.editor)
     at.selectbox(key="deployment").select("chat").run()
     assert dict(zip(frames(at)[0]["arm"], frames(at)[0]["weight %"], strict=True)) == {
         "control": 0,
@@ -178,7 +181,7 @@ def test_an_editor_rolls_back_a_deployment_and_the_weights_change(seeded: Seeded
 
 
 def test_monitoring_shows_the_drift_check_and_the_alert(seeded: Seeded) -> None:
-    at = run(seeded, "pages/monitoring.py", seeded.viewer)
+    at = run(seeded, "views/monitoring.py", seeded.viewer)
     check = api(seeded, f"/monitors/drift/{seeded.drift_check}")
     drift = frames(at)[0]
     assert list(drift["check"]) == [check["id"]]
@@ -190,7 +193,7 @@ def test_monitoring_shows_the_drift_check_and_the_alert(seeded: Seeded) -> None:
 
 def test_a_bad_or_missing_token_shows_the_message_and_the_login_box(seeded: Seeded) -> None:
     for token, message in ((None, "No API token"), ("ehk_not-a-token", "refused the token")):
-        at = app_test(seeded, "pages/overview.py", token)
+        at = app_test(seeded, "views/overview.py", token)
         at.run()
         assert not at.exception
         assert any(message in w.value for w in at.warning), [w.value for w in at.warning]
@@ -200,7 +203,7 @@ def test_a_bad_or_missing_token_shows_the_message_and_the_login_box(seeded: Seed
 def test_human_evaluation_shows_progress_the_next_item_and_judge_agreement(
     seeded: Seeded,
 ) -> None:
-    at = run(seeded, "pages/human_eval.py", seeded.editor)
+    at = run(seeded, "views/human_eval.py", seeded.editor)
     queues = frames(at)[0]
     assert list(queues["queue"]) == ["chat-sample", QUEUE]  # newest first
     assert list(queues["items"]) == [10, EVAL_CASES]
@@ -236,19 +239,19 @@ def test_human_evaluation_shows_progress_the_next_item_and_judge_agreement(
 
 
 def test_a_viewer_sees_the_agreement_but_cannot_label(seeded: Seeded) -> None:
-    at = run(seeded, "pages/human_eval.py", seeded.viewer)
+    at = run(seeded, "views/human_eval.py", seeded.viewer)
     assert "Labelling needs the editor role; you are viewer." in text_of(at)
     assert not [b for b in at.button if b.key == "save-label"]
 
 
 PAGES = [
-    "pages/overview.py",
-    "pages/registry.py",
-    "pages/evaluations.py",
-    "pages/human_eval.py",
-    "pages/finetuning.py",
-    "pages/deployments.py",
-    "pages/monitoring.py",
+    "views/overview.py",
+    "views/registry.py",
+    "views/evaluations.py",
+    "views/human_eval.py",
+    "views/finetuning.py",
+    "views/deployments.py",
+    "views/monitoring.py",
 ]
 # Buttons that change nothing on the server: paging, and signing out of this browser session.
 HARMLESS = ("sign-out", ":previous", ":next")
