@@ -52,12 +52,12 @@ def diff_datasets(
 ) -> DatasetDiff:
     """`labels` name the two versions in the result (their refs)."""
     before, after = _index(base, dataset_format), _index(target, dataset_format)
-    added = [row for key, (row, _) in after.items() if key not in before]
-    removed = [row for key, (row, _) in before.items() if key not in after]
+    added = [row for key, row in after.items() if key not in before]
+    removed = [row for key, row in before.items() if key not in after]
     changed = [
-        Changed(key=key, before=before[key][0], after=row)
-        for key, (row, _) in after.items()
-        if key in before and _canonical(before[key][0]) != _canonical(row)
+        Changed(key=key, before=before[key], after=row)
+        for key, row in after.items()
+        if key in before and _canonical(before[key]) != _canonical(row)
     ]
     unchanged = sum(1 for key in after if key in before) - len(changed)
     contradictions = _contradictions(target, dataset_format)
@@ -107,9 +107,9 @@ def _key(row: dict[str, Any], dataset_format: DatasetFormat) -> str:
     return _prompt_and_answer(row, dataset_format)[0]
 
 
-def _index(path: Path, dataset_format: DatasetFormat) -> dict[str, tuple[dict[str, Any], int]]:
+def _index(path: Path, dataset_format: DatasetFormat) -> dict[str, dict[str, Any]]:
     """Each key's last row (a duplicate key is a later edit of the same row)."""
-    return {_key(row, dataset_format): (row, number) for number, row in _rows(path)}
+    return {_key(row, dataset_format): row for _, row in _rows(path)}
 
 
 def _contradictions(path: Path, dataset_format: DatasetFormat) -> list[Contradiction]:

@@ -25,6 +25,7 @@ from sqlmodel import Session, col, func, select
 from evalhub.annotations.tables import AnnotationItemRow, AnnotationLabelRow, AnnotationQueueRow
 from evalhub.eval.case import Case
 from evalhub.eval.service import EvalService
+from evalhub.monitoring.export import answered
 from evalhub.monitoring.online import prompt_case
 from evalhub.monitoring.tables import OnlineScoreRow
 from evalhub.platform import Platform
@@ -351,27 +352,21 @@ class AnnotationService:
 
     def export(self, name: str) -> Iterator[dict[str, Any]]:
         """One JSON object per label, with its item's prompt and answers."""
-        token: str | None = None
-        while True:
-            page = self.items(name, limit=500, page_token=token)
-            for item in page.data:
-                for label in item.labels:
-                    yield {
-                        "queue": name,
-                        "item": item.id,
-                        "source_id": item.source_id,
-                        "prompt": item.prompt,
-                        "output": item.output,
-                        "baseline_output": item.baseline_output,
-                        "reference": item.reference,
-                        "rater": label.rater,
-                        "value": label.value,
-                        "comment": label.comment,
-                        "created_at": label.created_at.isoformat(),
-                    }
-            token = page.next_page_token
-            if token is None:
-                return
+        for item in self._all_items(name):
+            for label in item.labels:
+                yield {
+                    "queue": name,
+                    "item": item.id,
+                    "source_id": item.source_id,
+                    "prompt": item.prompt,
+                    "output": item.output,
+                    "baseline_output": item.baseline_output,
+                    "reference": item.reference,
+                    "rater": label.rater,
+                    "value": label.value,
+                    "comment": label.comment,
+                    "created_at": label.created_at.isoformat(),
+                }
 
     def register(self, name: str, dataset: str, *, actor: str) -> tuple[DatasetVersion, bool, int]:
         """The labelled items as eval cases (messages, the answer and its labels under metadata),
@@ -501,16 +496,8 @@ class AnnotationService:
         assert body.deployment is not None
         DeploymentService(self.platform).get(body.deployment)
         query = select(TrafficRow.id).where(
-            TrafficRow.deployment == body.deployment,
-            col(TrafficRow.status) < 400,
-            col(TrafficRow.response_text).is_not(None),
+            *answered(body.deployment, arm=body.arm, since=body.since, until=body.until)
         )
-        if body.arm is not None:
-            query = query.where(TrafficRow.arm == body.arm)
-        if body.since is not None:
-            query = query.where(col(TrafficRow.created_at) >= body.since)
-        if body.until is not None:
-            query = query.where(col(TrafficRow.created_at) < body.until)
         with Session(self.platform.engine) as session:
             pool = list(
                 session.exec(query.order_by(col(TrafficRow.created_at).desc()).limit(TRAFFIC_POOL))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import ColumnElement
 from sqlmodel import Session, col, select
 
 from evalhub.monitoring.drift import DriftService
@@ -50,19 +51,34 @@ class ExportResult(BaseModel):
     created: bool = Field(description="false when the same rows were exported before")
 
 
+def answered(
+    deployment: str,
+    *,
+    arm: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[ColumnElement[bool]]:
+    """Conditions on the traffic log for a deployment's answered requests (of one arm, in a
+    window): what goes back into evaluation, training or human labelling."""
+    conditions: list[ColumnElement[bool]] = [
+        col(TrafficRow.deployment) == deployment,
+        col(TrafficRow.status) < 400,
+        col(TrafficRow.response_text).is_not(None),
+    ]
+    if arm is not None:
+        conditions.append(col(TrafficRow.arm) == arm)
+    if since is not None:
+        conditions.append(col(TrafficRow.created_at) >= since)
+    if until is not None:
+        conditions.append(col(TrafficRow.created_at) < until)
+    return conditions
+
+
 def export(platform: Platform, body: ExportRequest, *, actor: str) -> ExportResult:
     DeploymentService(platform).get(body.deployment)
     query = select(TrafficRow).where(
-        TrafficRow.deployment == body.deployment,
-        col(TrafficRow.status) < 400,
-        col(TrafficRow.response_text).is_not(None),
+        *answered(body.deployment, arm=body.arm, since=body.since, until=body.until)
     )
-    if body.arm is not None:
-        query = query.where(TrafficRow.arm == body.arm)
-    if body.since is not None:
-        query = query.where(col(TrafficRow.created_at) >= body.since)
-    if body.until is not None:
-        query = query.where(col(TrafficRow.created_at) < body.until)
     if body.drifted is not None:
         span = DriftService(platform).current_window(body.drifted)
         if span is None:
