@@ -376,12 +376,13 @@ def eval_compare(
             "candidate": _cell(metric["candidate_mean"]),
             "change": _cell(metric["difference"]),
             "95% CI": f"[{number(metric['ci_low'])}, {number(metric['ci_high'])}]",
+            "interval": metric["interval"],
             "p": _cell(metric["p_value"]),
             "W/T/L": f"{metric['wins']}/{metric['ties']}/{metric['losses']}",
         }
         for name, metric in comparison["metrics"].items()
     ]
-    columns = ["metric", "baseline", "candidate", "change", "95% CI", "p", "W/T/L"]
+    columns = ["metric", "baseline", "candidate", "change", "95% CI", "interval", "p", "W/T/L"]
     table(rows, columns, f"{comparison['shared_cases']} shared cases")
     for note in comparison["notes"]:
         console.print(f"note: {note}", highlight=False)
@@ -474,6 +475,14 @@ def gate_command(
     margin: Annotated[
         float, typer.Option(min=0, help="Tolerated drop, as a share of each metric's scale")
     ] = 0.02,
+    require_non_inferiority: Annotated[
+        bool,
+        typer.Option(
+            "--require-non-inferiority",
+            help="Fail unless the 95% CI rules out a drop beyond the margin (needs big suites); "
+            "by default only a shown drop beyond the margin fails",
+        ),
+    ] = False,
     endpoint: Endpoint = None,
     api_key_env: ApiKeyEnv = None,
     junit: Annotated[Path | None, typer.Option(help="Write JUnit XML here")] = None,
@@ -495,7 +504,8 @@ def gate_command(
                 for role, ref in (("baseline", baseline), ("candidate", candidate))
             }
             pairs.append((runs["candidate"], runs["baseline"]))
-    result = gate(pairs, GatePolicy(margin=margin))
+    policy = GatePolicy(margin=margin, require_non_inferiority=require_non_inferiority)
+    result = gate(pairs, policy)
     write_reports(result, junit_path=junit, markdown_path=summary)
     if output is not None:
         document = {

@@ -13,6 +13,7 @@ from evalhub.eval.stats import (
     mcnemar_exact,
     paired_bootstrap_ci,
     paired_permutation_pvalue,
+    paired_proportion_ci,
 )
 from evalhub.eval.suite import SliceSpec
 
@@ -31,6 +32,11 @@ class MetricComparison(BaseModel):
     ci_high: float | None
     p_value: float | None
     test: Literal["mcnemar", "permutation", "none"] = "none"
+    interval: Literal["tango-score", "bootstrap-t", "percentile", "none"] = Field(
+        default="none",
+        description="How the CI was made: Tango's score interval for paired 0/1 outcomes, a "
+        "studentized bootstrap over cases otherwise (percentile where nearly all cases tie)",
+    )
     wins: int = 0
     ties: int = 0
     losses: int = 0
@@ -105,13 +111,16 @@ def compare_metric(
             p_value=None,
         )
     differences = candidate - baseline
-    low, high = paired_bootstrap_ci(
-        differences, confidence=confidence, n_resamples=n_resamples, seed=seed
-    )
-    # McNemar needs 0/1 outcomes; a binary metric averaged over repeats is continuous.
+    test: Literal["mcnemar", "permutation"]
+    # McNemar and the score interval need 0/1 outcomes; a binary metric averaged over repeats
+    # is continuous.
     if binary is not False and is_binary(baseline) and is_binary(candidate):
+        interval = paired_proportion_ci(baseline, candidate, confidence=confidence)
         p_value, test = mcnemar_exact(baseline, candidate), "mcnemar"
     else:
+        interval = paired_bootstrap_ci(
+            differences, confidence=confidence, n_resamples=n_resamples, seed=seed
+        )
         p_value = paired_permutation_pvalue(differences, n_resamples=n_resamples, seed=seed)
         test = "permutation"
     change = differences if higher_is_better else -differences
@@ -122,10 +131,11 @@ def compare_metric(
         baseline_mean=float(baseline.mean()),
         candidate_mean=float(candidate.mean()),
         difference=float(differences.mean()),
-        ci_low=low,
-        ci_high=high,
+        ci_low=interval.low,
+        ci_high=interval.high,
         p_value=p_value,
         test=test,
+        interval=interval.method,
         wins=int(np.sum(change > TIE_TOLERANCE)),
         ties=int(np.sum(np.abs(change) <= TIE_TOLERANCE)),
         losses=int(np.sum(change < -TIE_TOLERANCE)),

@@ -208,6 +208,15 @@ def test_gate_decisions_better_equal_worse(
     equal = gate([(run_suite(suite, target(server, "mid-model")), baseline)], policy)
     assert equal.decision == "pass"
     assert equal.suites[0].comparison.metrics["exact_match"].ties == N_CASES
+    # Nothing changed, but a small suite cannot rule out a drop of 2 points: the strict rule fails.
+    strict = GatePolicy(n_resamples=2000, require_non_inferiority=True)
+    unproven = gate([(run_suite(suite, target(server, "mid-model")), baseline)], strict)
+    assert unproven.decision == "regression"
+    em_check = next(
+        c for c in unproven.suites[0].checks if (c.metric, c.kind) == ("exact_match", "regression")
+    )
+    assert not em_check.passed and "non-inferiority" in em_check.message
+    assert gate([(runs["good-model"], baseline)], strict).decision == "pass"
 
     worse = gate([(runs["bad-model"], baseline)], policy)
     assert worse.decision == "regression" and worse.exit_code == 1
