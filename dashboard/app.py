@@ -20,6 +20,7 @@ PAGES = [
     ("views/evaluations.py", "Evaluations", ":material/rule:"),
     ("views/human_eval.py", "Human evaluation", ":material/how_to_reg:"),
     ("views/finetuning.py", "Fine-tuning", ":material/model_training:"),
+    ("views/experiments.py", "Experiments", ":material/leaderboard:"),
     ("views/deployments.py", "Deployments and A/B", ":material/call_split:"),
     ("views/monitoring.py", "Monitoring", ":material/monitor_heart:"),
 ]

@@ -1,3 +1,3 @@
-from evalhub.cli import app
+from evalhub.cli import main
 
-app(prog_name="evalhub")
+main()

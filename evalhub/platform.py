@@ -32,7 +32,11 @@ class Platform:
         engine = create_engine(settings.resolved_database_url)
         if upgrade:
             migrate.upgrade(engine)
-        artifacts = ArtifactStore(settings.resolved_artifact_url, cache_dir=settings.home / "cache")
+        artifacts = ArtifactStore(
+            settings.resolved_artifact_url,
+            cache_dir=settings.home / "cache",
+            storage_options=settings.resolved_artifact_options,
+        )
         events = ChangeBus(engine)
         registry = RegistryStore(engine, artifacts, listeners=[events.record])
         key = settings.serving_api_key

@@ -9,7 +9,10 @@ Layout under the root (a local directory, or any fsspec URL such as s3://bucket/
     checkouts/<hex>/        (local stores) verified directories for transformers and vLLM to load
 
 A name never changes meaning, so anything already present is never written again, and a reader
-that checks the hash of what it reads can trust it.
+that checks the hash of what it reads can trust it: every read from the store (a checkout, a
+blob copy, a manifest) is hashed on the way and refused with `CorruptArtifactError` when the
+bytes are not the ones their name promises, so an object changed in a bucket never reaches a
+model loader.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
@@ -39,6 +42,34 @@ Progress = Callable[[int], None]
 CHUNK_BYTES = 1024 * 1024
 DIGEST_PREFIX = "sha256:"
 _HEX = re.compile(r"[0-9a-f]{64}")
+# fsspec protocols whose implementation an evalhub extra installs.
+_EXTRAS = {"s3": "s3", "s3a": "s3"}
+
+
+class CorruptArtifactError(RegistryError):
+    """A stored object whose bytes do not hash to the digest it is stored under.
+
+    `digest` is what the registry recorded, `actual` what the bytes read hash to, `subject`
+    names the object (a blob, or a file of a tree), and `location` where it was found.
+    """
+
+    def __init__(self, subject: str, digest: str, actual: str, location: str, advice: str) -> None:
+        super().__init__(
+            ErrorCode.INTERNAL,
+            f"{subject} is corrupted in the store: expected {digest}, but the bytes at "
+            f"{location} hash to {actual}; {advice}",
+        )
+        self.subject = subject
+        self.digest = digest
+        self.actual = actual
+        self.location = location
+        self.advice = advice
+
+    def about(self, what: str) -> CorruptArtifactError:
+        """The same error with the registry object it belongs to (`model version tiny/1`)."""
+        return CorruptArtifactError(
+            f"{what}: {self.subject}", self.digest, self.actual, self.location, self.advice
+        )
 
 
 @dataclass(frozen=True)
@@ -118,11 +149,18 @@ class ArtifactStore:
     """Blobs and trees under one root; safe for several threads putting the same content.
 
     `cache_dir` is where a remote store downloads checkouts; a local store checks out in place.
+    `storage_options` go to the fsspec filesystem (for s3://, s3fs's `endpoint_url`, `key`, ...);
+    they may hold secrets, so they are never kept on the store or shown.
     """
 
-    def __init__(self, url: str | os.PathLike[str], cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        cache_dir: Path | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.url = str(url)
-        self.fs, root = url_to_fs(self.url)
+        self.fs, root = _open_filesystem(self.url, dict(storage_options or {}))
         self.root = root.rstrip("/") or "/"
         self.is_local = isinstance(self.fs, LocalFileSystem)
         if self.is_local:
@@ -218,7 +256,7 @@ class ArtifactStore:
             ) from None
         actual = hashlib.sha256(data).hexdigest()
         if actual != hex_digest:
-            raise self._corrupted(key, digest, actual)
+            raise self._corrupted(key, f"blob {digest}", digest, actual)
         return data
 
     def tree_manifest(self, digest: str) -> TreeManifest:
@@ -232,10 +270,10 @@ class ArtifactStore:
             ) from None
         actual = hashlib.sha256(data).hexdigest()
         if actual != hex_digest:
-            raise self._corrupted(key, digest, actual)
+            raise self._corrupted(key, f"the manifest of tree {digest}", digest, actual)
         manifest = _parse_manifest(data)
         if manifest is None or manifest.digest != digest:
-            raise self._corrupted(key, digest, actual)
+            raise self._corrupted(key, f"the manifest of tree {digest}", digest, actual)
         return manifest
 
     def materialize(self, digest: str) -> Path:
@@ -253,7 +291,7 @@ class ArtifactStore:
                 for entry in manifest.entries:
                     target = building / entry.path
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    self._fetch_blob(entry.sha256, target)
+                    self._fetch_blob(entry.sha256, target, f"file {entry.path} of tree {digest}")
         return final
 
     def blob_path(self, digest: str) -> Path:
@@ -270,7 +308,7 @@ class ArtifactStore:
             if final.is_file():
                 return final
             with _Building(final) as building:
-                self._fetch_blob(hex_digest, building)
+                self._fetch_blob(hex_digest, building, f"blob {digest}")
         return final
 
     # -- machinery ------------------------------------------------------------------------------
@@ -372,8 +410,12 @@ class ArtifactStore:
                 listed.update(entry.sha256 for entry in manifest.entries)
         return listed
 
-    def _fetch_blob(self, hex_digest: str, target: Path) -> None:
-        """Puts a verified copy of a blob at `target`: a hard link where it can, else a copy."""
+    def _fetch_blob(self, hex_digest: str, target: Path, subject: str) -> None:
+        """Puts a verified copy of a blob at `target`: a hard link where it can, else a copy.
+
+        A remote blob is hashed as it streams into the cache; the caller builds `target` under
+        a temporary name, so a refused copy leaves nothing behind.
+        """
         key = self._blob_key(hex_digest)
         if self.is_local:
             try:
@@ -385,7 +427,7 @@ class ArtifactStore:
             else:
                 actual = digest_file(target)[len(DIGEST_PREFIX) :]
                 if actual != hex_digest:
-                    raise self._corrupted(key, DIGEST_PREFIX + hex_digest, actual)
+                    raise self._corrupted(key, subject, DIGEST_PREFIX + hex_digest, actual)
                 return
         hasher = hashlib.sha256()
         try:
@@ -396,21 +438,27 @@ class ArtifactStore:
         except FileNotFoundError:
             raise self._missing_blob(hex_digest) from None
         if hasher.hexdigest() != hex_digest:
-            raise self._corrupted(key, DIGEST_PREFIX + hex_digest, hasher.hexdigest())
+            raise self._corrupted(key, subject, DIGEST_PREFIX + hex_digest, hasher.hexdigest())
 
-    def _corrupted(self, key: str, digest: str, actual: str) -> RegistryError:
+    def _corrupted(
+        self, key: str, subject: str, digest: str, actual_hex: str
+    ) -> CorruptArtifactError:
         """Moves a damaged file aside so that putting the same content again restores it."""
         aside = self._join("corrupt", f"{posixpath.basename(key)}.{uuid.uuid4().hex}")
         try:
             self.fs.makedirs(posixpath.dirname(aside), exist_ok=True)
             self.fs.mv(key, aside)
-            where = f"it was moved to {aside}; register the same files again to restore it"
+            advice = (
+                f"it was moved to {self._uri(aside)}; register the same files again to restore it"
+            )
         except OSError:
-            where = f"delete {key} and register the same files again to restore it"
-        return RegistryError(
-            ErrorCode.INTERNAL,
-            f"artifact {digest} in the store at {self.url} is corrupted (its bytes hash to "
-            f"sha256:{actual}); {where}, or restore the store from a backup",
+            advice = f"delete {self._uri(key)} and register the same files again to restore it"
+        return CorruptArtifactError(
+            subject,
+            digest,
+            DIGEST_PREFIX + actual_hex,
+            self._uri(key),
+            advice + ", or restore the store from a backup",
         )
 
     def _missing_blob(self, hex_digest: str) -> RegistryError:
@@ -419,6 +467,30 @@ class ArtifactStore:
             f"the store at {self.url} lacks blob sha256:{hex_digest} that a tree lists; register "
             "the same files again to restore it, or restore the store from a backup",
         )
+
+
+def _open_filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
+    """The fsspec filesystem and root path of `url`; a missing implementation names its install."""
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    if protocol in _EXTRAS:
+        # Several machines write the bucket: a cached listing would hide their objects, and the
+        # store only asks about single names (HEAD requests), so listings are never cached.
+        options.setdefault("use_listings_cache", False)
+    try:
+        filesystem, root = url_to_fs(url, **options)
+    except ImportError as error:
+        if protocol in _EXTRAS:
+            raise RegistryError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"the artifact store {url} needs the {protocol}:// filesystem: "
+                f"pip install 'evalhub[{_EXTRAS[protocol]}]'",
+            ) from None
+        raise RegistryError(
+            ErrorCode.FAILED_PRECONDITION, f"the artifact store {url} needs a package: {error}"
+        ) from None
+    except ValueError as error:  # an unknown protocol
+        raise invalid(f"the artifact store {url} is not a usable fsspec URL: {error}") from None
+    return filesystem, str(root)
 
 
 class _Building:

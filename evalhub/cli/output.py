@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -13,8 +14,10 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -32,12 +35,12 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 @contextmanager
-def api_errors() -> Iterator[None]:
-    """Turns API errors into one clear line and a non-zero exit."""
+def api_errors(code: int = 1) -> Iterator[None]:
+    """Turns API errors into one clear line and a non-zero exit (`code`)."""
     try:
         yield
     except ApiError as error:
-        fail(error.message)
+        fail(error.message, code)
 
 
 def print_json(value: Any) -> None:
@@ -72,6 +75,17 @@ def number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def byte_size(count: float | None) -> str:
+    """Bytes for a table cell, in binary units: 175,081,984 -> 167.0 MiB."""
+    if count is None:
+        return ""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
+        count /= 1024
+    return f"{count:,.1f} TiB"
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
@@ -93,3 +107,42 @@ def byte_progress(description: str, total: int) -> Iterator[Callable[[int], None
     ) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+JOB_FINISHED = ("succeeded", "failed", "cancelled")
+
+#: A training event as the follower needs it: its kind ("metrics" or other), data, message.
+TrainingEvent = tuple[str, dict[str, Any], str]
+
+
+def follow_training(
+    job: dict[str, Any],
+    total_steps: int,
+    refresh: Callable[[], dict[str, Any]],
+    new_events: Callable[[], Iterable[TrainingEvent]],
+    *,
+    to: Console = console,
+    poll: float = 1.0,
+) -> dict[str, Any]:
+    """A progress bar with step and loss until a training job ends, other events printed above
+    it; `new_events` gives the events since its last call, oldest first. Returns the ended job."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=to,
+    ) as progress:
+        task = progress.add_task(job["status"], total=total_steps, loss="-")
+        while True:
+            for kind, data, message in new_events():
+                if kind == "metrics":
+                    progress.update(task, completed=data["step"], loss=f"{data['train_loss']:.4f}")
+                else:
+                    progress.console.print(f"  {message}", highlight=False)
+            job = refresh()
+            progress.update(task, description=job["status"])
+            if job["status"] in JOB_FINISHED:
+                return job
+            time.sleep(poll)

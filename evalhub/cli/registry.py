@@ -6,19 +6,35 @@ import json
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
+from rich.table import Table
 
-from evalhub.cli.output import api_errors, byte_progress, console, fail, fields, print_json, table
+from evalhub.cli.connection import connected
+from evalhub.cli.output import (
+    TrainingEvent,
+    api_errors,
+    byte_progress,
+    console,
+    errors,
+    fail,
+    fields,
+    follow_training,
+    number,
+    print_json,
+    table,
+)
 from evalhub.client import ApiError, Client
+from evalhub.settings import Settings
 from evalhub.uploads import pack_directory
 from registry.errors import RegistryError
 from registry.names import parse_ref
 
 models_app = typer.Typer(help="Registered models (base models and adapters).", no_args_is_help=True)
 versions_app = typer.Typer(
-    help="Model versions: register, list, show, lineage.", no_args_is_help=True
+    help="Model versions: register, list, show, lineage, merge, reproduce.", no_args_is_help=True
 )
 alias_app = typer.Typer(
     help="Aliases such as name@production, with history and rollback.", no_args_is_help=True
@@ -202,6 +218,152 @@ def versions_lineage(ref: str, as_json: JsonFlag = False) -> None:
         console.print(f"  base of  {ref_}")
     for edge in lineage["downstream"]:
         console.print(f"  {edge['relation']} {edge['target_kind']} {edge['target_id']}")
+
+
+@versions_app.command("merge")
+def versions_merge(
+    ref: Annotated[str, typer.Argument(help="The adapter version: name/3, name@alias or name")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Merge an adapter into its base as a base version of NAME-merged (once; reused after)."""
+    with api_errors(), Client.connect() as client:
+        version = client.get("/resolve", ref=ref)
+        result = client.post(f"/models/{version['model']}/versions/{version['version']}/merge", {})
+    if as_json:
+        print_json(result)
+        return
+    merged = result["merged"]
+    verb = "merged" if result["created"] else "already merged:"
+    console.print(
+        f"{verb} {result['adapter']} into {merged['ref']} ({merged['digest'][:19]}…); "
+        f"serve it with 'evalhub backend vllm --base {merged['ref']}'"
+    )
+
+
+def parse_overrides(values: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs; values read as YAML scalars (1, 0.5, true, text)."""
+    overrides: dict[str, Any] = {}
+    for item in values:
+        key, equals, raw = item.partition("=")
+        if not equals or not key.strip():
+            fail(f"--override {item!r}: write KEY=VALUE, e.g. seed=1", 2)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, dict | list):
+            fail(f"--override {item!r}: the value must be a single number, word or boolean", 2)
+        overrides[key.strip()] = value
+    return overrides
+
+
+def follow_reproduction(client: Client, job: dict[str, Any], poll: float = 1.0) -> dict[str, Any]:
+    """A progress bar with step and loss until the job ends; messages print above it (on
+    stderr, so that --json prints only the report)."""
+    seen: int | None = None
+
+    def new_events() -> list[TrainingEvent]:
+        nonlocal seen
+        params = {"after": seen} if seen is not None else {}
+        events = client.get(f"/reproductions/{job['id']}/events", **params)
+        if events:
+            seen = events[-1]["id"]
+        return [
+            ((e.get("data") or {}).get("type", ""), e.get("data") or {}, e["message"])
+            for e in events
+        ]
+
+    return follow_training(
+        job,
+        job["total_steps"],
+        lambda: client.get(f"/reproductions/{job['id']}"),
+        new_events,
+        to=errors,
+        poll=poll,
+    )
+
+
+@versions_app.command("reproduce")
+def versions_reproduce(
+    ref: Annotated[str, typer.Argument(help="A fine-tuned version: name/3, name@alias, name")],
+    override: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--override",
+            "-o",
+            metavar="KEY=VALUE",
+            help="Retrain with this changed from the lineage, e.g. seed=1 or "
+            "method_options.rank=8 (repeatable)",
+        ),
+    ] = None,
+    detach: Annotated[bool, typer.Option(help="Queue the job and return at once.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Retrain a fine-tuned version from what its lineage records and compare the result with
+    the registered files: exit 0 when bit-identical, 1 when it differs, 2 on error. Registers
+    nothing."""
+    overrides = parse_overrides(override or [])
+    settings = Settings()
+    with connected(settings, worker=not detach, error_code=2) as client:
+        version = client.get("/resolve", ref=ref)
+        job = client.post(
+            f"/models/{version['model']}/versions/{version['version']}/reproduce",
+            {"overrides": overrides},
+        )
+        if not as_json:
+            console.print(
+                f"queued [bold]{job['id']}[/]: retraining {job['version']} as "
+                f"{job['training_job']} did ({job['total_steps']} steps)",
+                highlight=False,
+            )
+        if detach:
+            if as_json:
+                print_json(job)
+            return
+        try:
+            job = follow_reproduction(client, job)
+        except KeyboardInterrupt:
+            fail(f"stopped following {job['id']}; the job goes on", 130)
+    if job["status"] != "succeeded":
+        fail(f"reproduction {job['id']} {job['status']}: {job.get('error') or ''}", 2)
+    report = job["report"]
+    if as_json:
+        print_json(report)
+    else:
+        show_reproduction(report)
+    if not report["identical"]:
+        raise typer.Exit(1)
+
+
+def show_reproduction(report: dict[str, Any]) -> None:
+    view = Table(title=f"reproduction of {report['version']} (trained by {report['training_job']})")
+    for column in ("", "recorded", "reproduced"):
+        view.add_column(column)
+    view.add_row("digest", report["recorded_digest"], report["reproduced_digest"])
+    for difference in report["differences"]:
+        view.add_row(
+            f"[bold]{difference['name']} *[/]",
+            number(difference["recorded"]),
+            number(difference["reproduced"]),
+        )
+    if report["metrics"]:
+        view.add_section()
+    for metric in report["metrics"]:
+        view.add_row(metric["name"], number(metric["recorded"]), number(metric["reproduced"]))
+    console.print(view)
+    if report["identical"]:
+        console.print(
+            f"[bold green]identical[/]: {report['version']} reproduced bit for bit in "
+            f"{report['seconds']:.1f} s",
+            highlight=False,
+        )
+    else:
+        named = ", ".join(d["name"] for d in report["differences"]) or "nothing recorded"
+        console.print(
+            f"[bold red]differs[/]: {', '.join(report['differing_files'])} not as registered "
+            f"(what differs from the record: {named}); the files are in {report['directory']}",
+            highlight=False,
+        )
 
 
 # -- aliases -----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,7 +22,13 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 
 
 def _create_backend(
-    name: str, kind: str, base: str, urls: list[str] | None, port: int | None, replicas: int
+    name: str,
+    kind: str,
+    base: str,
+    urls: list[str] | None,
+    port: int | None,
+    replicas: int,
+    options: dict[str, Any] | None = None,
 ) -> None:
     body = {
         "name": name,
@@ -31,7 +37,7 @@ def _create_backend(
         "managed": not urls,
         "urls": urls or None,
         "replicas": replicas,
-        "options": {"port": port} if port else {},
+        "options": {**({"port": port} if port else {}), **(options or {})},
     }
     with api_errors(), Client.connect() as client:
         backend = client.post("/backends", body)
@@ -70,9 +76,39 @@ def backend_vllm(
     url: Annotated[
         list[str] | None, typer.Option(help="Attach to vLLM servers already running (repeatable)")
     ] = None,
+    tensor_parallel_size: Annotated[
+        int | None, typer.Option(min=1, help="GPUs each replica shards the model over")
+    ] = None,
+    gpu_memory_utilization: Annotated[
+        float | None,
+        typer.Option(min=0.05, max=1.0, help="Share of each GPU's memory vLLM may take"),
+    ] = None,
+    max_loras: Annotated[
+        int | None, typer.Option(min=1, help="Adapters on the device at once")
+    ] = None,
+    max_lora_rank: Annotated[int | None, typer.Option(min=1, help="Largest adapter rank")] = None,
+    arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="More vLLM arguments, sizes and switches (repeatable): --arg=--dtype=auto"
+        ),
+    ] = None,
 ) -> None:
-    """Serve a base model with vLLM, adapters hot-loaded (EVALHUB_VLLM_PYTHON runs it)."""
-    _create_backend(name, "vllm", base, url, port, replicas)
+    """Serve a base model with vLLM, adapters hot-loaded (EVALHUB_VLLM_PYTHON runs it).
+
+    Replicas take disjoint GPUs from EVALHUB_VLLM_GPUS, tensor parallel size each.
+    """
+    args = list(arg or [])
+    if tensor_parallel_size is not None:
+        args += ["--tensor-parallel-size", str(tensor_parallel_size)]
+    if gpu_memory_utilization is not None:
+        args += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
+    options: dict[str, Any] = {"args": args} if args else {}
+    if max_loras is not None:
+        options["max_loras"] = max_loras
+    if max_lora_rank is not None:
+        options["max_lora_rank"] = max_lora_rank
+    _create_backend(name, "vllm", base, url, port, replicas, options)
 
 
 @backend_app.command("list")
@@ -112,18 +148,46 @@ def _json_option(option: str, text: str) -> dict:
     return value
 
 
+SERVE_MODES = ("adapter", "merged", "auto")
+
+
 def _parse_arm(text: str) -> dict:
-    """`control=bot@production:80` -> {"name": "control", "model": "bot@production", "weight": 80}."""
+    """`control=bot@production:80` -> {"name": "control", "model": "bot@production", "weight": 80};
+    a trailing `:merged`, `:adapter` or `:auto` sets how the arm is served."""
     name, _, rest = text.partition("=")
+    arm: dict = {}
+    head, _, last = rest.rpartition(":")
+    if last in SERVE_MODES:
+        arm["serve"], rest = last, head
     model, _, weight = rest.rpartition(":")
     try:
-        return {"name": name, "model": model, "weight": float(weight)}
+        return {"name": name, "model": model, "weight": float(weight), **arm}
     except ValueError:
-        fail(f"write an arm as name=model:weight, e.g. control=bot@production:80 (got {text!r})")
+        fail(
+            "write an arm as name=model:weight[:serve], e.g. control=bot@production:80 or "
+            f"control=bot@production:80:merged (got {text!r})"
+        )
+
+
+def _arm_backends(pairs: list[str] | None, arms: list[dict]) -> None:
+    """`--arm-backend champion=merged-1`: that arm runs on its own backend."""
+    names = {arm["name"]: arm for arm in arms}
+    for pair in pairs or []:
+        name, _, backend = pair.partition("=")
+        if name not in names or not backend:
+            fail(
+                f"--arm-backend takes ARM=BACKEND for one of the arms {sorted(names)} (got {pair!r})"
+            )
+        names[name]["backend"] = backend
 
 
 def _print_deployment(deployment: dict) -> None:
-    arms = ", ".join(f"{a['name']}={a['model']}:{a['weight']:g}" for a in deployment["arms"])
+    arms = ", ".join(
+        f"{a['name']}={a['model']}:{a['weight']:g}"
+        + (f":{a['serve']}" if a.get("serve", "auto") != "auto" else "")
+        + (f" on {a['backend']}" if a.get("backend") else "")
+        for a in deployment["arms"]
+    )
     console.print(
         f"[bold]{deployment['name']}[/] on {deployment['backend']} (rev {deployment['revision']}): {arms}"
     )
@@ -140,19 +204,30 @@ def _print_deployment(deployment: dict) -> None:
 def deploy_create(
     name: str,
     backend: Annotated[str, typer.Option(help="Backend name")],
-    arm: Annotated[list[str], typer.Option(help="name=model:weight, repeatable")],
+    arm: Annotated[
+        list[str],
+        typer.Option(
+            help="name=model:weight[:adapter|merged|auto] (auto: the default), repeatable"
+        ),
+    ],
     sticky: Annotated[str, typer.Option(help="user, header or none")] = "user",
     failover: Annotated[
         bool, typer.Option(help="Retry failed requests on the control arm")
     ] = False,
+    arm_backend: Annotated[
+        list[str] | None,
+        typer.Option(help="ARM=BACKEND: that arm runs on its own backend (repeatable)"),
+    ] = None,
 ) -> None:
     """Create a deployment, e.g. --arm control=bot@production:80 --arm candidate=bot@candidate:20."""
+    arms = [_parse_arm(a) for a in arm]
+    _arm_backends(arm_backend, arms)
     body = {
         "name": name,
         "backend": backend,
         "sticky": sticky,
         "failover": failover,
-        "arms": [_parse_arm(a) for a in arm],
+        "arms": arms,
     }
     with api_errors(), Client.connect() as client:
         _print_deployment(client.post("/deployments", body))

@@ -174,6 +174,46 @@ def _aggregate_note(
     )
 
 
+def compare_runs_on(
+    metric: str,
+    baseline: EvalRun,
+    candidate: EvalRun,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> MetricComparison:
+    """One metric of `compare_runs`, over the cases both runs share (a leaderboard's column)."""
+    in_baseline = baseline.result_by_case()
+    shared = [case_id for case_id in candidate.result_by_case() if case_id in in_baseline]
+    return _compared(metric, baseline, candidate, shared, confidence, n_resamples, seed)[2]
+
+
+def _compared(
+    name: str,
+    baseline: EvalRun,
+    candidate: EvalRun,
+    case_ids: list[str],
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, MetricComparison, list[str]]:
+    """The paired values of one metric over `case_ids` and their comparison."""
+    summary = candidate.metrics[name]
+    ids, base, cand = _paired(baseline, candidate, name, case_ids)
+    compared = compare_metric(
+        name,
+        base,
+        cand,
+        higher_is_better=summary.higher_is_better,
+        binary=summary.binary,
+        confidence=confidence,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    return base, cand, compared, ids
+
+
 def compare_runs(
     baseline: EvalRun,
     candidate: EvalRun,
@@ -207,17 +247,10 @@ def compare_runs(
     deltas: list[CaseDelta] = []
     for name in metric_names:
         summary = candidate.metrics[name]
-        ids, base, cand = _paired(baseline, candidate, name, shared)
-        compared = comparison.metrics[name] = compare_metric(
-            name,
-            base,
-            cand,
-            higher_is_better=summary.higher_is_better,
-            binary=summary.binary,
-            confidence=confidence,
-            n_resamples=n_resamples,
-            seed=seed,
+        base, cand, compared, ids = _compared(
+            name, baseline, candidate, shared, confidence, n_resamples, seed
         )
+        comparison.metrics[name] = compared
         note = _aggregate_note(name, compared, baseline, candidate)
         if note:
             comparison.notes.append(note)
@@ -245,17 +278,8 @@ def compare_runs(
         members = [i for i in shared if spec.contains(cand_results[i].tags)]
         result = SliceComparison(spec=spec)
         for name in metric_names:
-            summary = candidate.metrics[name]
-            _, base, cand = _paired(baseline, candidate, name, members)
-            result.metrics[name] = compare_metric(
-                name,
-                base,
-                cand,
-                higher_is_better=summary.higher_is_better,
-                binary=summary.binary,
-                confidence=confidence,
-                n_resamples=n_resamples,
-                seed=seed,
-            )
+            result.metrics[name] = _compared(
+                name, baseline, candidate, members, confidence, n_resamples, seed
+            )[2]
         comparison.slices[slice_name] = result
     return comparison

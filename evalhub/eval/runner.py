@@ -20,8 +20,15 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from evalhub.eval.cache import GenerationCache, generation_key
-from evalhub.eval.record import CaseResult, EvalRun, GenerationRecord, TargetInfo, utc_now
-from evalhub.eval.scoring import score_run
+from evalhub.eval.record import (
+    CaseResult,
+    EvalRun,
+    GenerationRecord,
+    Score,
+    TargetInfo,
+    utc_now,
+)
+from evalhub.eval.scoring import score_cases, score_run
 from evalhub.eval.suite import Suite
 from evalhub.sampling import SamplingParams
 
@@ -224,12 +231,42 @@ async def arun_suite(
     generation: the returned run has status "failed", the reason, and everything finished."""
     options = options or RunOptions()
     metrics = suite.build_metrics(metric_runtime)
-    config = suite.config
     if isinstance(resume, EvalRun):
         if (resume.suite_digest, resume.dataset_digest) != (suite.digest, suite.dataset_digest):
             raise ValueError("cannot resume: the run used a different suite or dataset version")
         run_id = run_id or resume.run_id
-    run = EvalRun(
+    run = new_run(suite, target, run_id)
+    await agenerate(
+        run, suite, target, cache=cache, options=options, sink=sink, progress=progress,
+        resume=resume, client=client,
+    )  # fmt: skip
+    if run.status != "failed":
+        if progress is not None:
+            progress(Progress("score", 0, len(metrics)))
+        finish_scoring(run, lambda: score_run(run, suite, metrics, baseline))
+        if progress is not None:
+            progress(Progress("score", len(metrics), len(metrics)))
+    run.finished_at = utc_now()
+    if sink is not None:
+        sink.on_finish(run)
+    return run
+
+
+def finish_scoring(run: EvalRun, score: Callable[[], object]) -> None:
+    """Runs `score` on the generated run: the run is then completed, or failed with why scoring
+    failed (a metric's error must not lose the generations)."""
+    try:
+        score()
+        run.status = "completed"
+    except Exception as error:
+        run.status = "failed"
+        run.error = f"scoring failed: {type(error).__name__}: {error}"
+
+
+def new_run(suite: Suite, target: Target, run_id: str | None = None) -> EvalRun:
+    """A run of `suite` on `target`, before any generation."""
+    config = suite.config
+    return EvalRun(
         run_id=run_id or uuid.uuid4().hex,
         suite_name=config.name,
         suite_version=config.version,
@@ -240,6 +277,24 @@ async def arun_suite(
         sampling=config.sampling,
         repeats=config.repeats,
     )
+
+
+async def agenerate(
+    run: EvalRun,
+    suite: Suite,
+    target: Target,
+    *,
+    cache: GenerationCache | None = None,
+    options: RunOptions | None = None,
+    sink: ResultSink | None = None,
+    progress: ProgressCallback | None = None,
+    resume: EvalRun | Iterable[GenerationRecord] | None = None,
+    client: Any = None,
+) -> EvalRun:
+    """Generates (or fetches from cache) what `resume` lacks of every case x repeat into
+    `run.results`; a generation that fails after its retries sets the run "failed", with why."""
+    options = options or RunOptions()
+    config = suite.config
     done: dict[tuple[str, int], GenerationRecord] = {
         (record.case_id, record.repeat): record for record in _resumed_records(resume)
     }
@@ -315,21 +370,41 @@ async def arun_suite(
     if failure:
         run.status = "failed"
         run.error = f"{len(failure)} generation(s) failed; first: {failure[0]}"
-    else:
-        if progress is not None:
-            progress(Progress("score", 0, len(metrics)))
-        try:
-            score_run(run, suite, metrics, baseline)
-            run.status = "completed"
-        except Exception as error:
-            run.status = "failed"
-            run.error = f"scoring failed: {type(error).__name__}: {error}"
-        if progress is not None:
-            progress(Progress("score", len(metrics), len(metrics)))
-    run.finished_at = utc_now()
-    if sink is not None:
-        sink.on_finish(run)
     return run
+
+
+@dataclass
+class CasesOutcome:
+    """A batch of cases generated and scored, not aggregated: the results in the suite's order,
+    each metric's generation scores in the results' order, or why the batch failed."""
+
+    results: list[CaseResult]
+    scores: dict[str, list[Score]]
+    error: str | None = None
+
+
+def run_cases(
+    suite: Suite,
+    target: Target,
+    *,
+    options: RunOptions,
+    resume: Iterable[GenerationRecord] = (),
+    metric_runtime: dict[str, dict[str, Any]] | None = None,
+) -> CasesOutcome:
+    """Generates what `resume` lacks of `suite.cases` and scores them as `arun_suite` does,
+    without a cache; whoever splits a run into such batches aggregates their scores
+    (`summarize_run`). Everything it needs travels in its arguments, so it runs anywhere."""
+    metrics = suite.build_metrics(metric_runtime)
+    run = asyncio.run(
+        agenerate(new_run(suite, target), suite, target, options=options, resume=resume)
+    )
+    if run.status == "failed":
+        return CasesOutcome(run.results, {}, run.error)
+    try:
+        scores = score_cases(run.results, suite, metrics)
+    except Exception as error:
+        return CasesOutcome(run.results, {}, f"scoring failed: {type(error).__name__}: {error}")
+    return CasesOutcome(run.results, scores)
 
 
 def run_suite(suite: Suite, target: Target, **kwargs: Any) -> EvalRun:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from evalhub.eval.case import Case
 from evalhub.eval.metrics import Metric, ScoringContext
-from evalhub.eval.record import CaseResult, EvalRun, MetricSummary, Score, SliceSummary
+from evalhub.eval.record import (
+    CaseResult,
+    EvalRun,
+    GenerationRecord,
+    MetricSummary,
+    Score,
+    SliceSummary,
+)
 from evalhub.eval.suite import Suite
 
 
@@ -37,34 +46,79 @@ def score_run(
     baseline: EvalRun | None = None,
 ) -> EvalRun:
     """Fill in scores, aggregates, slices, pass/fail and the weighted overall score."""
-    cases = {case.id: case for case in suite.cases}
-    outputs: list[str] = []
-    flat_cases: list[Case] = []
-    records = []
-    owners: list[int] = []
-    for index, result in enumerate(run.results):
-        for generation in result.generations:
-            outputs.append(generation.output)
-            flat_cases.append(cases[result.case_id])
-            records.append(generation)
-            owners.append(index)
-    baseline_outputs = {}
-    if baseline is not None:
-        baseline_outputs = {r.case_id: r.outputs[0] for r in baseline.results if r.generations}
-    context = ScoringContext(records=records, baseline_outputs=baseline_outputs)
-    specs = {spec.key: spec for spec in suite.config.metrics}
+    scores = score_cases(run.results, suite, metrics, baseline)
+    return summarize_run(run, suite, metrics, scores, baseline)
 
+
+@dataclass
+class _Flat:
+    """A run's generations in order, with their outputs, cases and the result each belongs to."""
+
+    outputs: list[str]
+    cases: list[Case]
+    records: list[GenerationRecord]
+    owners: list[int]
+
+
+def _flatten(results: list[CaseResult], suite: Suite) -> _Flat:
+    cases = {case.id: case for case in suite.cases}
+    flat = _Flat([], [], [], [])
+    for index, result in enumerate(results):
+        for generation in result.generations:
+            flat.outputs.append(generation.output)
+            flat.cases.append(cases[result.case_id])
+            flat.records.append(generation)
+            flat.owners.append(index)
+    return flat
+
+
+def _baseline_outputs(baseline: EvalRun | None) -> dict[str, str]:
+    if baseline is None:
+        return {}
+    return {r.case_id: r.outputs[0] for r in baseline.results if r.generations}
+
+
+def score_cases(
+    results: list[CaseResult],
+    suite: Suite,
+    metrics: dict[str, Metric],
+    baseline: EvalRun | None = None,
+) -> dict[str, list[Score]]:
+    """Scores every generation of `results` and sets each result's score (repeats averaged).
+
+    Returns each metric's generation scores in the order of `results`' generations: what the
+    aggregates take. Cases score independently, so a batch of cases scores as the whole run does.
+    """
+    flat = _flatten(results, suite)
+    context = ScoringContext(records=flat.records, baseline_outputs=_baseline_outputs(baseline))
     flat_scores: dict[str, list[Score]] = {}
     for key, metric in metrics.items():
-        scores = metric.score(outputs, flat_cases, context)
+        scores = metric.score(flat.outputs, flat.cases, context)
         flat_scores[key] = scores
-        per_result: list[list[Score]] = [[] for _ in run.results]
-        for owner, score in zip(owners, scores, strict=True):
+        per_result: list[list[Score]] = [[] for _ in results]
+        for owner, score in zip(flat.owners, scores, strict=True):
             per_result[owner].append(score)
-        for result, group in zip(run.results, per_result, strict=True):
+        for result, group in zip(results, per_result, strict=True):
             if group:
                 result.scores[key] = combine_repeats(group)
-        aggregate = metric.aggregate(scores, outputs, flat_cases, context)
+    return flat_scores
+
+
+def summarize_run(
+    run: EvalRun,
+    suite: Suite,
+    metrics: dict[str, Metric],
+    flat_scores: dict[str, list[Score]],
+    baseline: EvalRun | None = None,
+) -> EvalRun:
+    """Aggregates, slices, pass/fail and the overall score from the generation scores that
+    `score_cases` returned for `run.results`."""
+    flat = _flatten(run.results, suite)
+    baseline_outputs = _baseline_outputs(baseline)
+    context = ScoringContext(records=flat.records, baseline_outputs=baseline_outputs)
+    specs = {spec.key: spec for spec in suite.config.metrics}
+    for key, metric in metrics.items():
+        aggregate = metric.aggregate(flat_scores[key], flat.outputs, flat.cases, context)
         spec = specs[key]
         run.metrics[key] = MetricSummary(
             spec=spec,
@@ -76,16 +130,16 @@ def score_run(
         )
 
     for slice_spec in suite.config.slices:
-        members = [i for i, case in enumerate(flat_cases) if slice_spec.contains(case.tags)]
-        summary = SliceSummary(spec=slice_spec, count=len({flat_cases[i].id for i in members}))
+        members = [i for i, case in enumerate(flat.cases) if slice_spec.contains(case.tags)]
+        summary = SliceSummary(spec=slice_spec, count=len({flat.cases[i].id for i in members}))
         for key, metric in metrics.items():
             sub_context = ScoringContext(
-                records=[records[i] for i in members], baseline_outputs=baseline_outputs
+                records=[flat.records[i] for i in members], baseline_outputs=baseline_outputs
             )
             summary.metrics[key] = metric.aggregate(
                 [flat_scores[key][i] for i in members],
-                [outputs[i] for i in members],
-                [flat_cases[i] for i in members],
+                [flat.outputs[i] for i in members],
+                [flat.cases[i] for i in members],
                 sub_context,
             )
         run.slices[slice_spec.name] = summary

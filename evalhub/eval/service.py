@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from evalhub.eval.compare import Comparison, compare_runs
 from evalhub.eval.metrics import MetricPolicy
+from evalhub.eval.ray_batches import run_on_ray
 from evalhub.eval.record import EvalRun, GenerationRecord
 from evalhub.eval.runner import Progress, RunOptions, Target, run_suite
 from evalhub.eval.store import DatabaseCache, EvalRunInfo, EvalStore, new_run_id
@@ -32,6 +33,7 @@ from registry.errors import ErrorCode, RegistryError, invalid
 JOB_KIND = "eval"
 LINEAGE_RELATION = "evaluated_in"
 LINEAGE_KIND = "eval_run"
+EXECUTORS = ("local", "ray")
 
 
 class TargetSpec(BaseModel):
@@ -57,6 +59,13 @@ class EvalRequest(BaseModel):
     )
     target: TargetSpec
     options: RunOptions = Field(default_factory=RunOptions)
+    executor: str = Field(
+        default="local",
+        max_length=20,
+        description="Where the cases run: in the worker that claims the job (local), or as "
+        "Ray tasks of `batch_size` cases on the cluster at the worker's EVALHUB_RAY_ADDRESS (ray).",
+    )
+    batch_size: int = Field(default=16, ge=1, le=10_000, description="Cases per Ray task.")
 
 
 class EvalStarted(BaseModel):
@@ -125,7 +134,7 @@ def _judges_stay_home(settings: Settings, suite_text: str) -> bool:
     return True
 
 
-def _refuse_suite_secrets(suite_text: str) -> None:
+def refuse_suite_secrets(suite_text: str) -> None:
     for index, spec in enumerate(_metric_specs(suite_text)):
         options = spec.get("options")
         if isinstance(options, dict) and "api_key" in options:
@@ -267,7 +276,9 @@ class EvalService:
 
     def start(self, request: EvalRequest, *, actor: str) -> EvalStarted:
         """Validates everything, then stores the run and queues its job; bad input stores nothing."""
-        _refuse_suite_secrets(request.suite)
+        refuse_suite_secrets(request.suite)
+        if request.executor not in EXECUTORS:
+            raise invalid(f"executor {request.executor!r}: use 'local' or 'ray'")
         if request.dataset is not None and request.dataset_ref is not None:
             raise invalid("send the dataset inline or as dataset_ref, not both")
         declared = declared_dataset(request.suite)
@@ -308,7 +319,12 @@ class EvalService:
             base_url=target.base_url,
             endpoint_model=target.endpoint_model,
             cache_identity=target.cache_identity,
-            options=request.options.model_dump() | {"filename": request.filename},
+            options=request.options.model_dump()
+            | {
+                "filename": request.filename,
+                "executor": request.executor,
+                "batch_size": request.batch_size,
+            },
             created_by=actor,
         )
         self.store.create(row)
@@ -340,12 +356,41 @@ class EvalService:
         self.store.set_status(run_id, "queued", job_id=job.id)
         return EvalStarted(run=self.store.get(run_id), job_id=job.id)
 
-    def import_run(self, run: EvalRun, *, actor: str) -> EvalRunInfo:
-        """Records a run the CLI finished against an endpoint (its key never left the user)."""
+    def import_run(
+        self,
+        run: EvalRun,
+        *,
+        actor: str,
+        suite_text: str | None = None,
+        filename: str = "suite.yaml",
+        dataset_text: str | None = None,
+    ) -> EvalRunInfo:
+        """Records a run the CLI finished against an endpoint (its key never left the user).
+
+        With the suite (and its dataset file) it ran, the run keeps its cases' inputs, so error
+        analysis and annotation queues work on it as on a run the server ran. A suite this
+        server may not load (a custom metric it does not allow) is left out, not refused: the
+        run was the user's to make.
+        """
         if not run.run_id.startswith("evalrun-") or len(run.run_id) > 64:
             raise invalid("an imported run's id looks like evalrun-<hex>")
         if run.status == "running":
             raise invalid("only finished runs (completed or failed) can be imported")
+        kept: str | None = None
+        if suite_text is not None:
+            try:
+                suite, _ = load_request_suite(
+                    self.platform, suite_text, filename=filename, dataset_text=dataset_text
+                )
+            except (SuiteError, RegistryError):
+                suite = None
+            if suite is not None:
+                if (suite.digest, suite.dataset_digest) != (run.suite_digest, run.dataset_digest):
+                    raise invalid(
+                        f"the suite or dataset sent is not the one run {run.run_id} ran "
+                        "(their digests differ)"
+                    )
+                kept = suite_text
         row = EvalRunRow(
             id=run.run_id,
             status=run.status,
@@ -361,11 +406,14 @@ class EvalService:
             created_by=actor,
             created_at=run.started_at,
         )
+        if kept is not None:
+            row.suite_text, row.dataset_text = kept, dataset_text
+            row.options = {"filename": filename}
         return self.store.import_run(row, run)
 
     def suite(self, run_id: str) -> Suite | None:
-        """The run's suite with its cases, as the run loaded them; None for a run imported from
-        the CLI, which stores its results but not its suite or dataset."""
+        """The run's suite with its cases, as the run loaded them; None for a run imported
+        without them."""
         row = self.store.row(run_id)
         return self._suite_of(row, None) if row.suite_text else None
 
@@ -415,17 +463,34 @@ class EvalService:
             cache_identity=row.cache_identity,
             api_key=SecretStr(key or "EMPTY"),
         )
-        run = run_suite(
-            suite,
-            target,
-            cache=cache,
-            options=options,
-            sink=sink,
-            progress=sink.progress,
-            resume=done,
-            run_id=run_id,
-            metric_runtime=metric_runtime(self.platform.settings, row.suite_text or "", cache),
-        )
+        runtime = metric_runtime(self.platform.settings, row.suite_text or "", cache)
+        if row.options.get("executor") == "ray":
+            run = run_on_ray(
+                context,
+                self.platform.settings.ray_address,
+                suite,
+                target,
+                options=options,
+                batch_size=int(row.options.get("batch_size", 16)),
+                cache=cache,
+                sink=sink,
+                progress=sink.progress,
+                stored=done,
+                run_id=run_id,
+                metric_runtime=runtime,
+            )
+        else:
+            run = run_suite(
+                suite,
+                target,
+                cache=cache,
+                options=options,
+                sink=sink,
+                progress=sink.progress,
+                resume=done,
+                run_id=run_id,
+                metric_runtime=runtime,
+            )
         if run.status != "completed":
             raise EvalRunFailed(f"eval run {run_id} failed: {run.error}")
         return {"run_id": run_id, "overall_score": run.overall_score, "passed": run.passed}

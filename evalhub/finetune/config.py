@@ -4,12 +4,28 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from evalhub.finetune.methods import get_method
 from evalhub.finetune.tokenize import OverflowPolicy
 
 Scheduler = Literal["cosine", "linear", "constant"]
+MAX_NPROC_PER_NODE = 16  # the most GPUs one machine holds today is 8, some have 16
+
+
+class DistributedOptions(BaseModel):
+    """Train on several processes of one machine under torchrun: one rank per GPU (NCCL), or
+    CPU processes (gloo). The recipe does not change: `batch_size` stays the global batch and
+    each rank takes its share of every batch, so N ranks take the optimizer steps one process
+    would (equal within float rounding; dropout draws its masks per rank)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nproc_per_node: StrictInt = Field(
+        ge=1,
+        le=MAX_NPROC_PER_NODE,
+        description=f"Ranks on this machine (one per GPU), 1 to {MAX_NPROC_PER_NODE}.",
+    )
 
 
 class TrainConfig(BaseModel):
@@ -53,9 +69,28 @@ class TrainConfig(BaseModel):
     )
     seed: int = Field(default=0, description="Seeds data order, adapter init and dropout.")
     device: str | None = Field(default=None, description="torch device; cuda if available.")
+    distributed: DistributedOptions | None = Field(
+        default=None,
+        description="Run under torchrun on several ranks of this machine: DDP for adapter "
+        "methods, FSDP for full fine-tuning.",
+    )
 
     @model_validator(mode="after")
     def _method_and_options(self) -> TrainConfig:
         method = get_method(self.method)
         self.method_options = method.parse_options(self.method_options).model_dump()
+        if self.distributed is not None:
+            ranks = self.distributed.nproc_per_node
+            if method.make_optimizer is not None:
+                raise ValueError(
+                    f"method {self.method!r} cannot run distributed: its optimizer works on whole "
+                    "weight matrices, which FSDP shards across ranks; run it on one process "
+                    "(leave out distributed)"
+                )
+            if self.batch_size % ranks:
+                raise ValueError(
+                    f"batch_size {self.batch_size} must be a multiple of "
+                    f"distributed.nproc_per_node {ranks}: each rank takes "
+                    "batch_size / nproc_per_node examples of every batch"
+                )
         return self

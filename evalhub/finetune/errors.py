@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 from registry.errors import ErrorCode, RegistryError
 
 
@@ -19,3 +21,18 @@ def bad_param(param: str | None, message: str) -> ParamError:
 
 def missing(param: str | None, message: str) -> ParamError:
     return ParamError(ErrorCode.NOT_FOUND, message, param)
+
+
+def problems(error: ValidationError) -> str:
+    """pydantic's errors as one line: `field: message; ...` (a whole-model check has no field)."""
+    return "; ".join(
+        ": ".join(
+            part
+            for part in (
+                ".".join(str(p) for p in item["loc"]),
+                item["msg"].removeprefix("Value error, "),
+            )
+            if part
+        )
+        for item in error.errors()
+    )

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from evalhub.finetune.config import DistributedOptions
 from evalhub.finetune.tokenize import OverflowPolicy
 
 Auto = Literal["auto"]
@@ -73,6 +74,23 @@ class MethodSpec(BaseModel):
     reinforcement: dict[str, Any] | None = None
 
 
+class CheckpointEval(BaseModel):
+    """Score checkpoints on a held-out suite and register the best by `metric`, not the last."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suite: str = Field(min_length=1, description="The suite's YAML text (the CLI reads the file).")
+    dataset: str | None = Field(
+        default=None,
+        description="A registry dataset (name or name/3) for the file the suite names; a suite "
+        "that names a registry dataset needs none.",
+    )
+    metric: str = Field(min_length=1, description="The suite metric that picks the checkpoint.")
+    every: int | None = Field(
+        default=None, gt=0, le=1_000_000, description="Steps between scored checkpoints."
+    )
+
+
 class EvalhubOptions(BaseModel):
     """evalhub's training options. Keys not listed here are the method's own options, e.g.
     `rank`, `alpha`, `dropout`, `target_modules`, `include_lm_head` for lora/dora/qlora."""
@@ -98,6 +116,19 @@ class EvalhubOptions(BaseModel):
     checkpoint_every: int | None = Field(default=None, gt=0, description="Steps; total/4 if unset.")
     eval_every: int | None = Field(
         default=None, gt=0, description="Steps; as checkpoints if unset."
+    )
+    eval: CheckpointEval | None = Field(
+        default=None, description="Score checkpoints on a suite; register the best."
+    )
+    distributed: DistributedOptions | None = Field(
+        default=None,
+        description="Train on several ranks of one machine under torchrun "
+        '(`{"nproc_per_node": 2}`); batch_size stays the global batch.',
+    )
+    executor: Literal["local", "ray"] = Field(
+        default="local",
+        description="Where the training runs: in the worker that claims the job (local), or "
+        "on the Ray cluster at the worker's EVALHUB_RAY_ADDRESS through Ray Train (ray).",
     )
 
     @property
@@ -207,6 +238,9 @@ class CheckpointMetrics(BaseModel):
     train_loss: float | None = None
     valid_loss: float | None = None
     full_valid_loss: float | None = None
+    eval: dict[str, Any] | None = Field(
+        default=None, description="evalhub: the checkpoint's scores on the job's suite, its run"
+    )
 
 
 class FineTuningJobCheckpoint(BaseModel):

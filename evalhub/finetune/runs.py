@@ -59,6 +59,7 @@ def _params(view: FineTuningJob) -> dict[str, Any]:
         "method": extra["method"],
         "learning_rate": extra["learning_rate"],
         "total_steps": extra["total_steps"],
+        "ranks": (extra.get("distributed") or {}).get("nproc_per_node", 1),
         "seed": view.seed,
         **view.hyperparameters,
     }
@@ -92,7 +93,12 @@ def run_metrics(platform: Platform, job_id: str) -> RunMetrics:
         fine_tuned_model=result.get("fine_tuned_model"),
         registered_version=result.get("version_ref"),
         params=_params(view),
-        final=result.get("metrics") or {},
+        # The final figures; a job's per-checkpoint suite scores are in its checkpoint_eval.
+        final={
+            key: value
+            for key, value in (result.get("metrics") or {}).items()
+            if not isinstance(value, list | dict)
+        },
         best_valid_loss=min(valid) if valid else None,
         mean_tokens_per_second=round(sum(speeds) / len(speeds), 1) if speeds else None,
         peak_memory_bytes=max(memory) if memory else None,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,11 @@ from sqlmodel import Session, col, select
 
 from evalhub.finetune.config import TrainConfig
 from evalhub.finetune.data import ValidationReport, validate_chat_file
-from evalhub.finetune.errors import bad_param, missing
+from evalhub.finetune.errors import bad_param, missing, problems
 from evalhub.finetune.files import file_path, get_file, timestamp
 from evalhub.finetune.methods import MethodError, get_method
 from evalhub.finetune.protocol import (
+    CheckpointEval,
     CheckpointMetrics,
     FineTuneJobCreate,
     FineTuningJob,
@@ -137,19 +140,27 @@ def check_data(
     if entry.purpose != "fine-tune":
         raise bad_param(param, f"file {file_id} has purpose {entry.purpose!r}, not 'fine-tune'")
     path = file_path(platform, file_id, param=param)
+    label = f"{param} {file_id} ({entry.filename})"
+    return path, check_chat_data(path, label, param, tokenizer, max_tokens), entry.filename
+
+
+def check_chat_data(
+    path: Path, label: str, param: str, tokenizer: Any, max_tokens: int
+) -> ValidationReport:
+    """The OpenAI checker's verdict on a chat JSONL file; a 400 naming `param` when it fails."""
     try:
         report = validate_chat_file(path, tokenizer, max_tokens=max_tokens)
     except UnicodeDecodeError:
-        raise bad_param(param, f"{param} {file_id} is not UTF-8 text (JSONL)") from None
+        raise bad_param(param, f"{label} is not UTF-8 text (JSONL)") from None
     errors = report.errors
-    if param == "validation_file":  # held-out data has no minimum size
+    if param.startswith("validation"):  # held-out data has no minimum size
         errors = [issue for issue in errors if issue.type != "too_few_examples"]
     if errors:
         report = report.model_copy(
             update={"errors": errors, "error_counts": _counts([e.type for e in errors])}
         )
-        raise bad_param(param, report_summary(f"{param} {file_id} ({entry.filename})", report))
-    return path, report, entry.filename
+        raise bad_param(param, report_summary(label, report))
+    return report
 
 
 def _counts(kinds: list[str]) -> dict[str, int]:
@@ -196,6 +207,15 @@ def _train_config(
     steps_per_epoch = math.ceil(math.ceil(n / batch_size) / options.grad_accum)
     total = options.max_steps or steps_per_epoch * int(hyper["n_epochs"])
     checkpoint_every = options.checkpoint_every or max(1, total // 4)
+    if options.eval is not None:
+        every = options.eval.every or checkpoint_every
+        if options.checkpoint_every and every % options.checkpoint_every:
+            raise bad_param(
+                "evalhub.eval.every",
+                f"checkpoints are scored as they are saved: every ({every}) must be a multiple "
+                f"of checkpoint_every ({options.checkpoint_every})",
+            )
+        checkpoint_every = options.checkpoint_every or every
     learning_rate = options.learning_rate or (
         hyper["base_learning_rate"] * float(hyper["learning_rate_multiplier"])
     )
@@ -219,14 +239,12 @@ def _train_config(
             eval_every=options.eval_every or checkpoint_every,
             checkpoint_every=checkpoint_every,
             seed=seed,
+            distributed=options.distributed,
         )
     except MethodError as error:
         raise bad_param("evalhub.method", str(error)) from None
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in error.errors()
-        )
-        raise bad_param("evalhub", f"invalid training options: {problems}") from None
+        raise bad_param("evalhub", f"invalid training options: {problems(error)}") from None
 
 
 def _check_output_model(platform: Platform, name: str, kind: ModelKind) -> None:
@@ -248,8 +266,59 @@ def _check_output_model(platform: Platform, name: str, kind: ModelKind) -> None:
         )
 
 
-def create_job(platform: Platform, request: FineTuneJobCreate, *, actor: str = "") -> Job:
-    """Validate everything, store the data as dataset versions, queue the job."""
+PlanEval = Callable[[CheckpointEval], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class RegisteredData:
+    """Training data that is already a registry dataset version (an experiment's trials)."""
+
+    ref: str
+    path: Path
+    filename: str
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job that passed every check; submitting it is the first write."""
+
+    request: FineTuneJobCreate
+    base: ModelVersion
+    output_name: str
+    output_kind: ModelKind
+    train: tuple[Path, str] | RegisteredData
+    validation: tuple[Path, str] | RegisteredData | None
+    report: ValidationReport
+    eval_plan: dict[str, Any] | None
+    hyperparameters: dict[str, Any]
+    config: TrainConfig
+
+
+def create_job(
+    platform: Platform,
+    request: FineTuneJobCreate,
+    *,
+    actor: str = "",
+    plan_eval: PlanEval | None = None,
+) -> Job:
+    """Validate everything, store the data as dataset versions, queue the job.
+
+    `plan_eval` checks a checkpoint evaluation's suite and pins what it runs (the suite digest,
+    the dataset version); evaluation lives above fine-tuning, so the caller supplies it.
+    """
+    return submit_job(platform, prepare_job(platform, request, plan_eval=plan_eval), actor=actor)
+
+
+def prepare_job(
+    platform: Platform,
+    request: FineTuneJobCreate,
+    *,
+    plan_eval: PlanEval | None = None,
+    train: RegisteredData | None = None,
+    validation: RegisteredData | None = None,
+) -> PreparedJob:
+    """Every check of job creation, writing nothing. `train` and `validation` stand in for the
+    request's files when the data is a registered dataset version already."""
     base = resolve_base(platform, request.model)
     hyper_request = _hyperparameters(request)
     try:
@@ -273,58 +342,109 @@ def create_job(platform: Platform, request: FineTuneJobCreate, *, actor: str = "
             f"max_seq_len {max_seq_len} exceeds {base.ref}'s context {context}",
         )
     tokenizer = _tokenizer(str(base_dir))
-    train_path, train_report, train_name = check_data(
-        platform, request.training_file, "training_file", tokenizer, max_seq_len
-    )
-    val_path = val_name = None
-    if request.validation_file:
+    train_data: tuple[Path, str] | RegisteredData
+    if train is not None:
+        label = f"training dataset {train.ref}"
+        report = check_chat_data(train.path, label, "training_file", tokenizer, max_seq_len)
+        train_data = train
+    else:
+        path, report, filename = check_data(
+            platform, request.training_file, "training_file", tokenizer, max_seq_len
+        )
+        train_data = (path, filename)
+    val_data: tuple[Path, str] | RegisteredData | None = validation
+    if validation is not None:
+        label = f"validation dataset {validation.ref}"
+        check_chat_data(validation.path, label, "validation_file", tokenizer, max_seq_len)
+    elif request.validation_file:
         val_path, _, val_name = check_data(
             platform, request.validation_file, "validation_file", tokenizer, max_seq_len
         )
+        val_data = (val_path, val_name)
+    eval_plan = None
+    if request.evalhub.eval is not None:
+        if plan_eval is None:
+            raise bad_param("evalhub.eval", "this server cannot score checkpoints")
+        eval_plan = plan_eval(request.evalhub.eval)
     seed = request.seed if request.seed is not None else 0
-    hyper = resolve_hyperparameters(hyper_request, method.name, train_report.n_examples)
-    config = _train_config(request, hyper, seed, max_seq_len, train_report.n_examples)
+    hyper = resolve_hyperparameters(hyper_request, method.name, report.n_examples)
+    config = _train_config(request, hyper, seed, max_seq_len, report.n_examples)
+    return PreparedJob(
+        request=request,
+        base=base,
+        output_name=output_name,
+        output_kind=output_kind,
+        train=train_data,
+        validation=val_data,
+        report=report,
+        eval_plan=eval_plan,
+        hyperparameters=hyper,
+        config=config,
+    )
 
-    job_id = new_job_id(JOB_PREFIX)
-    registry = platform.registry
-    train_dataset, _ = registry.add_dataset_version(
-        f"{output_name}-train", train_path, format="chat", split="train",
-        filename=train_name, create=True, actor=actor,
-    )  # fmt: skip
-    val_dataset = None
-    if val_path is not None:
-        val_dataset, _ = registry.add_dataset_version(
-            f"{output_name}-validation", val_path, format="chat", split="validation",
-            filename=val_name, create=True, actor=actor,
-        )  # fmt: skip
+
+def _dataset_ref(
+    platform: Platform, data: tuple[Path, str] | RegisteredData, name: str, split: str, actor: str
+) -> str:
+    if isinstance(data, RegisteredData):
+        return data.ref
+    path, filename = data
+    version, _ = platform.registry.add_dataset_version(
+        name, path, format="chat", split=split, filename=filename, create=True, actor=actor
+    )
+    return version.ref
+
+
+def submit_job(
+    platform: Platform,
+    prepared: PreparedJob,
+    *,
+    actor: str = "",
+    job_id: str | None = None,
+    links: dict[str, Any] | None = None,
+) -> Job:
+    """Stores the data as dataset versions (unless they are already) and queues the job.
+    `links` are recorded in the payload (an experiment's trial names its experiment)."""
+    request, config, report = prepared.request, prepared.config, prepared.report
+    job_id = job_id or new_job_id(JOB_PREFIX)
+    output_name = prepared.output_name
+    train_ref = _dataset_ref(platform, prepared.train, f"{output_name}-train", "train", actor)
+    val_ref = None
+    if prepared.validation is not None:
+        val_ref = _dataset_ref(
+            platform, prepared.validation, f"{output_name}-validation", "validation", actor
+        )
     payload = {
         "request": request.model_dump(mode="json", exclude_none=True),
         "model": request.model,
-        "base": base.ref,
-        "base_name": base.model,
+        "base": prepared.base.ref,
+        "base_name": prepared.base.model,
         "training_file": request.training_file,
         "validation_file": request.validation_file,
-        "train_dataset": train_dataset.ref,
-        "validation_dataset": val_dataset.ref if val_dataset else None,
+        "train_dataset": train_ref,
+        "validation_dataset": val_ref,
         "suffix": request.suffix,
-        "seed": seed,
-        "hyperparameters": hyper,
+        "seed": config.seed,
+        "hyperparameters": prepared.hyperparameters,
         "train_config": config.model_dump(mode="json"),
-        "total_steps": _total_steps(config, train_report.n_examples),
+        "total_steps": total_steps(config, report.n_examples),
         "output_model": output_name,
-        "output_kind": output_kind.value,
-        "fine_tuned_model": fine_tuned_model_id(base.model, request.suffix, job_id),
+        "output_kind": prepared.output_kind.value,
+        "fine_tuned_model": fine_tuned_model_id(prepared.base.model, request.suffix, job_id),
         "metadata": request.metadata,
+        "eval": prepared.eval_plan,
+        "executor": request.evalhub.executor,
+        **(links or {}),
     }
     job = platform.jobs.submit(
         KIND, payload, actor=actor, job_id=job_id,
         message=f"Created fine-tuning job: {job_id}",
     )  # fmt: skip
-    stats = train_report.token_stats
+    stats = report.token_stats
     tokens = f", {stats.total} tokens" if stats else ""
     platform.jobs.add_event(job_id, f"Validated training file {request.training_file}: "
-                            f"{train_report.n_examples} examples{tokens}")  # fmt: skip
-    for issue in train_report.warnings[:MAX_REPORTED_ISSUES]:
+                            f"{report.n_examples} examples{tokens}")  # fmt: skip
+    for issue in report.warnings[:MAX_REPORTED_ISSUES]:
         platform.jobs.add_event(
             job_id, f"training_file line {issue.line}: {issue.message}", level="warning"
         )
@@ -333,7 +453,8 @@ def create_job(platform: Platform, request: FineTuneJobCreate, *, actor: str = "
     return job
 
 
-def _total_steps(config: TrainConfig, n_examples: int) -> int:
+def total_steps(config: TrainConfig, n_examples: int) -> int:
+    """Optimizer steps of a run over `n_examples` rows (what a job's progress counts to)."""
     if config.max_steps is not None:
         return config.max_steps
     micro_batches = math.ceil(n_examples / config.batch_size) * config.epochs
@@ -355,14 +476,18 @@ def _audit(platform: Platform, actor: str, action: str, job_id: str, after: dict
 def find_job(platform: Platform, job_id: str, param: str = "fine_tuning_job_id") -> Job:
     """The fine-tuning job `job_id`; a 404 naming `param` when there is none."""
     try:
-        job = platform.jobs.get(job_id)
+        return platform.jobs.get(job_id, kind=KIND, noun="fine-tuning job")
     except RegistryError as error:
         if error.code is ErrorCode.NOT_FOUND:
-            raise missing(param, f"no fine-tuning job {job_id!r}") from None
+            raise missing(param, error.message) from None
         raise
-    if job.kind != KIND:
-        raise missing(param, f"no fine-tuning job {job_id!r}")
-    return job
+
+
+def _eval_view(plan: dict[str, Any] | None, result: dict[str, Any]) -> dict[str, Any] | None:
+    if not plan:
+        return None
+    shown = {key: plan[key] for key in ("suite_name", "metric", "every", "dataset_version")}
+    return shown | {key: result[key] for key in ("selected", "checkpoints") if key in result}
 
 
 def job_view(job: Job) -> FineTuningJob:
@@ -403,6 +528,9 @@ def job_view(job: Job) -> FineTuningJob:
             "output_model": payload["output_model"],
             "registered_version": result.get("version_ref"),
             "metrics": result.get("metrics"),
+            "checkpoint_eval": _eval_view(payload.get("eval"), result),
+            "distributed": config.get("distributed"),
+            "executor": payload.get("executor", "local"),
             "cancel_requested": job.cancel_requested,
             "attempts": job.attempts,
         },

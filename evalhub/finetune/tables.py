@@ -33,7 +33,9 @@ class FileRow(SQLModel, table=True):
 
 
 class FineTuneCheckpointRow(SQLModel, table=True):
-    """A resumable checkpoint a fine-tuning job saved under EVALHUB_HOME/jobs/<job id>/."""
+    """A resumable checkpoint a fine-tuning job saved under its worker's EVALHUB_HOME/jobs/<job id>/
+    (`path`), and, where checkpoints are stored, its tree in the artifact store (`digest`), from
+    which a worker on another machine resumes the job."""
 
     __tablename__ = "fine_tune_checkpoints"
     __table_args__ = (UniqueConstraint("job_id", "step", name="uq_fine_tune_checkpoints_step"),)
@@ -43,6 +45,7 @@ class FineTuneCheckpointRow(SQLModel, table=True):
     step: int
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     path: str
+    digest: str | None = Field(default=None, max_length=80)
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )

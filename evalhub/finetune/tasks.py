@@ -67,6 +67,77 @@ def json_task(
     return rows
 
 
+# The sentence-to-JSON task: who takes what where. Its words are among WORDS, so the tiny base
+# knows them; the schema lists them, so an answer with a word from elsewhere fails it.
+ANIMALS: tuple[str, ...] = (
+    "cat", "dog", "bird", "fish", "horse", "mouse", "frog", "bear", "wolf", "fox",
+)  # fmt: skip
+ITEMS: tuple[str, ...] = (
+    "book", "lamp", "cup", "apple", "lemon", "boat", "car", "bus", "ship", "door",
+)  # fmt: skip
+PLACES: tuple[str, ...] = (
+    "lake", "road", "tree", "moon", "sand", "rock", "star", "sun", "snow", "wood",
+)  # fmt: skip
+ORDER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "who": {"enum": list(ANIMALS)},
+        "item": {"enum": list(ITEMS)},
+        "to": {"enum": list(PLACES)},
+    },
+    "required": ["who", "item", "to"],
+    "additionalProperties": False,
+}
+
+
+def order_task(n: int, seed: int = 0, split: Split = "train") -> list[dict[str, Any]]:
+    """`n` chat examples "extract: the fox takes the cup to the lake" -> '{"who": "fox",
+    "item": "cup", "to": "lake"}', answers valid against `ORDER_SCHEMA`.
+
+    An answer can match the schema yet be wrong (another animal, another place), so the task is
+    measured by more than exact match. Train and held-out examples never share a (who, item, to)
+    triple; the held-out split has 89 of the 1,000, each at most once.
+    """
+    rng = random.Random(f"order-{seed}-{split}")
+    want_held_out = split == "held_out"
+    triples = [
+        (who, item, place)
+        for who in ANIMALS
+        for item in ITEMS
+        for place in PLACES
+        if is_held_out((who, item, place)) == want_held_out
+    ]
+    if want_held_out and n > len(triples):
+        raise ValueError(f"the held-out split has {len(triples)} distinct examples, not {n}")
+    # Held-out cases are distinct (a repeated case would count twice); training rows repeat.
+    chosen = rng.sample(triples, n) if want_held_out else rng.choices(triples, k=n)
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"extract: the {who} takes the {item} to the {place}"},
+                {
+                    "role": "assistant",
+                    "content": json.dumps({"who": who, "item": item, "to": place}),
+                },
+            ]
+        }
+        for who, item, place in chosen
+    ]
+
+
+def as_eval_cases(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat rows as eval cases (`id`, the conversation before the answer, `expected`), for a
+    held-out suite of the same task."""
+    return [
+        {
+            "id": f"case-{index:02d}",
+            "messages": row["messages"][:-1],
+            "expected": row["messages"][-1]["content"],
+        }
+        for index, row in enumerate(rows)
+    ]
+
+
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
     """Write one JSON object a line (the OpenAI fine-tuning file format)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,11 @@
 worker adds registration on top). Everything that decides the numbers (data order, adapter
 initialisation, dropout) is seeded, so on CPU the same config and data give bit-identical weights,
 and a run resumed from a checkpoint ends where the uninterrupted run ends.
+
+When torch.distributed is initialised (torchrun through `evalhub.finetune.ranks`, or Ray Train),
+every rank runs the same Trainer: each trains on its share of every global batch under DDP
+(adapters) or FSDP (full fine-tuning), and rank 0 alone writes checkpoints and the final model
+(see `evalhub.finetune.parallel`). Every rank emits its events; the caller keeps rank 0's.
 """
 
 from __future__ import annotations
@@ -23,10 +28,23 @@ import torch
 from evalhub.finetune.batching import collate
 from evalhub.finetune.config import TrainConfig
 from evalhub.finetune.methods import get_method
+from evalhub.finetune.parallel import (
+    World,
+    default_device,
+    full_model_state,
+    full_optimizer_state,
+    gradient_sync,
+    is_sharded,
+    load_full_optimizer_state,
+    strategy_for,
+    unwrap,
+    wrap,
+)
 from evalhub.finetune.tokenize import IGNORE_INDEX, TokenizedExample, pack, tokenize_dataset
 
 EventCallback = Callable[[dict[str, Any]], None]
 STATE_FILE = "trainer_state.pt"
+SUMMARY_FILE = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
 
@@ -93,9 +111,11 @@ class Trainer:
         self.method = get_method(config.method)
         self.truncated_examples = 0
         self.options = self.method.parse_options(config.method_options)
-        self.device = torch.device(
-            config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        self.world = World.current()
+        device = default_device(config.device)
+        if device.type == "cuda" and device.index is None and self.world.distributed:
+            device = torch.device("cuda", self.world.local_rank)  # one GPU per rank
+        self.device = device
 
     # -- the algorithm -------------------------------------------------------------------------
 
@@ -117,6 +137,7 @@ class Trainer:
         model = self.apply_method(self.load_model(resume_from))
         if resume_from is not None and self.method.output == "adapter":
             self.load_adapter_weights(model, Path(resume_from))
+        model = self.distribute(model)
         optimizer = self.build_optimizer(model)
         total_steps = self.total_steps(len(train))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -125,8 +146,10 @@ class Trainer:
         )
         step = 0
         if resume_from is not None:
-            step = self.restore_state(Path(resume_from), optimizer, scheduler)
-        self.emit({"type": "start", "step": step, "total_steps": total_steps})
+            step = self.restore_state(Path(resume_from), model, optimizer, scheduler)
+        self.emit(
+            {"type": "start", "step": step, "total_steps": total_steps, "ranks": self.world.size}
+        )
 
         checkpoints: list[Path] = []
         train_loss: float | None = None
@@ -241,6 +264,8 @@ class Trainer:
         if resume_from is not None and self.method.output == "model":
             source = Path(resume_from)
         extra = self.method.load_kwargs(self.options) if self.method.load_kwargs else {}
+        if "device_map" in extra and self.device.type == "cuda":
+            extra["device_map"] = {"": self.device.index or 0}  # this rank's GPU
         model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, **extra)
         if getattr(model, "hf_quantizer", None) is None:
             model = model.to(self.device)
@@ -261,6 +286,17 @@ class Trainer:
         model = self.method.apply(model, self.options)
         model.train()
         return model
+
+    def distribute(self, model: Any) -> Any:
+        """DDP around an adapter model, FSDP shards of a full one; the model itself on one rank."""
+        if not self.world.distributed:
+            return model
+        if self.method.make_optimizer is not None:
+            raise ValueError(
+                f"method {self.method.name!r} cannot train on several ranks: its optimizer works "
+                "on whole weight matrices"
+            )
+        return wrap(model, strategy_for(self.method.output), self.device)
 
     def build_optimizer(self, model: Any) -> torch.optim.Optimizer:
         config = self.config
@@ -299,21 +335,56 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16)
 
     def train_step(self, model: Any, batches: list[dict[str, torch.Tensor]]) -> tuple[float, int]:
-        """Forward and backward over the micro-batches of one step; loss is per label token."""
+        """Forward and backward over the micro-batches of one step; loss is per label token.
+
+        `batches` are the global micro-batches. On several ranks each runs its share of the rows
+        with the loss weighted by the global label count, times the world size because DDP and
+        FSDP average gradients over ranks: their sum is then the one-process gradient.
+        """
         total_labels = sum(label_count(batch) for batch in batches)
         loss_value = 0.0
         tokens = 0
-        for batch in batches:
+        for index, batch in enumerate(batches):
             tokens += int(batch["attention_mask"].sum())
-            labels = label_count(batch)
-            if labels == 0:
+            picked = self.step_inputs(batch)
+            if picked is None:
                 continue
-            batch = {key: value.to(self.device) for key, value in batch.items()}
-            with self.autocast():
-                loss = model(**batch).loss * (labels / total_labels)
-            loss.backward()
+            inputs, labels = picked
+            inputs = {key: value.to(self.device) for key, value in inputs.items()}
+            with gradient_sync(model, enabled=index == len(batches) - 1):
+                with self.autocast():
+                    output = model(**inputs)
+                    # A rank without labels in this batch still joins the backward, at weight 0.
+                    loss = (
+                        output.loss * (labels / total_labels) if labels else output.logits.sum() * 0
+                    )
+                (loss * self.world.size if self.world.distributed else loss).backward()
             loss_value += loss.item()
+        if self.world.distributed:
+            loss_value = self.world.sum(loss_value)[0]
         return loss_value, tokens
+
+    def step_inputs(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], int] | None:
+        """What this process runs of `batch`, and its label count; None where it runs nothing
+        (one process and no labels: several ranks must all join every step)."""
+        if self.world.distributed:
+            return self.rank_inputs(batch)
+        labels = label_count(batch)
+        return (batch, labels) if labels else None
+
+    def rank_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+        """This rank's share of a global batch and its label count. A rank with no rows or no
+        labels gets rows to run without labels: every rank must join every forward (FSDP gathers
+        the weights in it) and backward (DDP reduces the gradients in it)."""
+        share = self.world.share(batch)
+        labels = label_count(share) if share is not None else 0
+        if labels:
+            assert share is not None
+            return share, labels
+        rows = share if share is not None else {key: value[:1] for key, value in batch.items()}
+        return {key: value for key, value in rows.items() if key != "labels"}, 0
 
     def clip_gradients(self, model: Any) -> float | None:
         parameters = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
@@ -329,29 +400,47 @@ class Trainer:
         total, count = 0.0, 0
         for start in range(0, len(data), self.config.batch_size):
             batch = collate(data[start : start + self.config.batch_size], pad_id)
-            labels = label_count(batch)
-            if labels == 0:
+            picked = self.step_inputs(batch)
+            if picked is None:
                 continue
+            inputs, labels = picked
             with self.autocast():
-                loss = model(**{key: value.to(self.device) for key, value in batch.items()}).loss
-            total += loss.item() * labels
-            count += labels
+                output = model(**{key: value.to(self.device) for key, value in inputs.items()})
+            if labels:
+                total += output.loss.item() * labels
+                count += labels
         model.train()
-        return total / count if count else float("nan")
+        total, labels_seen = self.world.sum(total, count)
+        return total / labels_seen if labels_seen else float("nan")
 
     # -- saving and resuming ---------------------------------------------------------------------
 
     def save_model(self, model: Any, tokenizer: Any, directory: Path) -> Path:
-        """An adapter directory (naming base_model_ref as its base) or a full model directory."""
+        """An adapter directory (naming base_model_ref as its base) or a full model directory.
+        Every rank calls it (FSDP gathers the weights); rank 0 writes."""
+        state = full_model_state(model) if is_sharded(model) else None
+        if not self.world.main:
+            return directory
+        model = unwrap(model)
         directory.mkdir(parents=True, exist_ok=True)
         if self.method.output == "adapter":
             for peft_config in model.peft_config.values():
                 peft_config.base_model_name_or_path = self.base_model_ref
+                # peft keeps target_modules (and the like) as sets, written in the order of the
+                # process's string hashes: sorted, every process writes the same bytes.
+                for name, value in vars(peft_config).items():
+                    if isinstance(value, set | frozenset):
+                        setattr(peft_config, name, sorted(value, key=str))
+            # peft's model card (README.md) names the base by the directory it was loaded from,
+            # which differs per machine (a Ray worker's scratch, another home): name the registry
+            # base there too, so the same training writes the same bytes anywhere.
+            base = model.get_base_model()
+            base.name_or_path = base.config.name_or_path = self.base_model_ref
             # peft would otherwise copy the whole lm_head into the adapter because it is a target;
             # the vocabulary is unchanged, so only the low-rank weights belong there.
             model.save_pretrained(str(directory), save_embedding_layers=False)
         else:
-            model.save_pretrained(str(directory))
+            model.save_pretrained(str(directory), **({"state_dict": state} if state else {}))
             tokenizer.save_pretrained(str(directory))
         return directory
 
@@ -365,17 +454,22 @@ class Trainer:
     ) -> Path:
         directory = self.out_dir / CHECKPOINTS_DIR / f"step-{step}"
         self.save_model(model, tokenizer, directory)
+        optimizer_state = (
+            full_optimizer_state(model, optimizer) if is_sharded(model) else optimizer.state_dict()
+        )
+        if not self.world.main:
+            return directory
         state = {
             "step": step,
             "method": self.config.method,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
         torch.save(state, directory / STATE_FILE)
         summary = {"step": step, "config": self.config.model_dump(mode="json")}
-        (directory / "trainer_state.json").write_text(json.dumps(summary, indent=2))
+        (directory / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         return directory
 
     def load_adapter_weights(self, model: Any, checkpoint: Path) -> None:
@@ -388,6 +482,7 @@ class Trainer:
     def restore_state(
         self,
         checkpoint: Path,
+        model: Any,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
     ) -> int:
@@ -398,7 +493,10 @@ class Trainer:
                 f"checkpoint {checkpoint} was made by method {state['method']!r}, "
                 f"not {self.config.method!r}; resume with the run's original config"
             )
-        optimizer.load_state_dict(state["optimizer"])
+        if is_sharded(model):
+            load_full_optimizer_state(model, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"].cpu())
         if state["cuda_rng"] and torch.cuda.is_available():

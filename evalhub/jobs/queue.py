@@ -94,9 +94,13 @@ class JobQueue:
             session.commit()
             return _job(row)
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, *, kind: str | None = None, noun: str = "job") -> Job:
+        """The job; with `kind`, a job of another kind is as missing as no job ("no {noun} ...")."""
         with Session(self.engine) as session:
-            return _job(_get(session, job_id))
+            row = session.get(JobRow, job_id)
+        if row is None or (kind is not None and row.kind != kind):
+            raise not_found(f"no {noun} {job_id!r}")
+        return _job(row)
 
     def search(
         self,
@@ -251,6 +255,20 @@ class JobQueue:
             session.add(
                 JobEventRow(job_id=job_id, level="error" if error else "info", message=text)
             )
+            session.commit()
+            return _job(row)
+
+    def defer(self, job_id: str, message: str) -> Job:
+        """Back to the end of the queue, as if submitted now: a job that waits for jobs queued
+        after it (an experiment for its trials) lets them go first. Not counted as an attempt."""
+        with Session(self._writer, expire_on_commit=False) as session:
+            row = _get(session, job_id, lock=True)
+            row.seq = (session.exec(select(func.max(JobRow.seq))).one() or 0) + 1
+            row.status = JobStatus.QUEUED
+            row.worker_id = None
+            row.attempts = max(0, row.attempts - 1)
+            session.add(row)
+            session.add(JobEventRow(job_id=job_id, message=message))
             session.commit()
             return _job(row)
 

@@ -25,6 +25,11 @@ class JobCancelled(Exception):
     """Raised by a handler (through JobContext.check_cancelled) to stop a cancelled job."""
 
 
+class JobDeferred(Exception):
+    """Raised by a handler that must wait for jobs queued behind it: it goes back to the end of
+    the queue (see `JobQueue.defer`), and its handler runs again from the start."""
+
+
 @dataclass
 class JobContext:
     job: Job
@@ -122,6 +127,8 @@ class Worker:
             result = self.handlers[job.kind](context)
         except JobCancelled:
             self.queue.finish(job.id, JobStatus.CANCELLED, message="cancelled")
+        except JobDeferred as deferred:
+            self.queue.defer(job.id, str(deferred) or "waiting for the jobs queued after it")
         except Exception as error:
             log.warning("job %s failed: %s", job.id, traceback.format_exc())
             self.queue.finish(job.id, JobStatus.FAILED, error=f"{type(error).__name__}: {error}")

@@ -31,18 +31,19 @@ class AdapterPool:
     async def served_name(self, session: aiohttp.ClientSession, route: Route) -> str:
         """The name the backend serves the route's version under, loading it if needed."""
         adapters = self.of(route.backend)
-        if route.version.kind is ModelKind.ADAPTER:
-            return await adapters.ensure(session, route.version)
+        version = route.served  # a merged model is served as the base it is
+        if version.kind is ModelKind.ADAPTER:
+            return await adapters.ensure(session, version)
         if route.backend.kind != "vllm":
             return route.backend.served_name
         # vLLM's CPU build gives base requests in mixed batches another adapter's output; an
         # identity adapter keeps them correct (see evalhub.serving.identity).
-        digest = route.version.digest.removeprefix("sha256:")[:12]
+        digest = version.digest.removeprefix("sha256:")[:12]
         return await adapters.ensure_named(
             session,
             f"{IDENTITY_PREFIX}{digest}",
-            lambda: self._identity_dir(route.version),
-            f"{route.version.ref} (identity adapter)",
+            lambda: self._identity_dir(version),
+            f"{version.ref} (identity adapter)",
         )
 
     def _identity_dir(self, version: ModelVersion) -> Path:

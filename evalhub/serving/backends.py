@@ -15,7 +15,9 @@ from evalhub.serving.supervisor import (
     Supervisor,
     check_vllm_args,
     free_port,
+    gpus_per_replica,
     local_backend_spec,
+    replica_gpus,
     vllm_backend_spec,
     wait_healthy,
 )
@@ -156,9 +158,13 @@ class BackendService:
         return backend
 
     def restart_managed(self) -> None:
-        """At server start: managed backends died with the previous server; start them again."""
+        """At server start: managed backends died with the previous server; start them again.
+
+        One that answers healthy on every URL is left as it is: another `evalhub serve` on this
+        database runs it, and starting a copy would take its URLs from that server's processes.
+        """
         for backend in self.list():
-            if backend.managed:
+            if backend.managed and self.with_status(backend).status != "healthy":
                 urls = self._start(
                     backend.name, backend.kind, backend.base_digest, backend.served_name,
                     backend.options, len(backend.urls),
@@ -187,8 +193,15 @@ class BackendService:
                 ErrorCode.FAILED_PRECONDITION,
                 "this process does not supervise backends; run 'evalhub serve' or attach one by url",
             )
-        model_dir = self.platform.registry.artifacts.materialize(digest)
         settings = self.platform.settings
+        # A request's sizes and switches follow the operator's arguments: the later flag wins.
+        extra_args = [*settings.vllm_args, *check_vllm_args(options.get("args", []))]
+        gpus = (
+            replica_gpus(settings.vllm_gpus, gpus_per_replica(extra_args), replicas)
+            if kind == "vllm"
+            else []
+        )
+        model_dir = self.platform.registry.artifacts.materialize(digest)
         urls: list[str] = []
         try:
             for index in range(replicas):
@@ -211,11 +224,8 @@ class BackendService:
                         max_cpu_loras=int(
                             options.get("max_cpu_loras", settings.vllm_max_cpu_loras)
                         ),
-                        extra_args=(
-                            check_vllm_args(options["args"])
-                            if "args" in options
-                            else settings.vllm_args
-                        ),
+                        extra_args=extra_args,
+                        gpus=gpus[index],
                     )
                 urls.append(supervisor.start(spec))
         except BaseException:
@@ -270,8 +280,11 @@ class BackendService:
     def delete(self, name: str, *, actor: str) -> None:
         backend = self.get(name)
         with Session(writer(self.platform.engine)) as session:
-            users = session.exec(select(DeploymentRow.name).where(DeploymentRow.backend == name))
-            in_use = list(users)
+            in_use = [
+                row.name
+                for row in session.exec(select(DeploymentRow))
+                if row.backend == name or any(arm.get("backend") == name for arm in row.arms)
+            ]
             if in_use:
                 raise RegistryError(
                     ErrorCode.FAILED_PRECONDITION,

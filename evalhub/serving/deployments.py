@@ -16,10 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session, col, select
 
 from evalhub.platform import Platform
+from evalhub.serving.merge import ensure_merged
 from evalhub.serving.routing import check_arms
+from evalhub.serving.serve_plan import PlanRefused, ServeMode, adapter_config_of, decide
 from evalhub.serving.tables import BackendRow, DeploymentRow
 from registry.db import writer
-from registry.entities import ModelKind, Mutation
+from registry.entities import ModelKind, ModelVersion, Mutation
 from registry.errors import ErrorCode, RegistryError, already_exists, invalid, not_found
 from registry.names import check_name, parse_ref
 from registry.tables import utcnow
@@ -36,6 +38,18 @@ class Arm(BaseModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
     model: str = Field(max_length=256, description="a model reference: bot@production, bot/4, bot")
     weight: float = Field(ge=0, le=100)
+    serve: ServeMode = Field(
+        default="auto",
+        description="adapter: hot-loaded into the backend; merged: merged into its base and served "
+        "by a backend of that merged model; auto: merged where the backend cannot load the "
+        "adapter (DoRA or modules_to_save on vLLM), else adapter",
+    )
+    backend: str | None = Field(
+        default=None,
+        max_length=128,
+        description="the backend this arm runs on (a merged champion on one, LoRA challengers on "
+        "another); unset: the deployment's",
+    )
 
 
 class DeploymentCreate(BaseModel):
@@ -173,7 +187,7 @@ class DeploymentService:
 
     def create(self, body: DeploymentCreate, *, actor: str) -> Deployment:
         check_name(body.name, "deployment")
-        self._check(body.backend, body.arms)
+        self._check(body.backend, body.arms, actor=actor)
         with Session(writer(self.platform.engine), expire_on_commit=False) as session:
             if _find(session, body.name) is not None:
                 raise already_exists(f"deployment {body.name!r} already exists")
@@ -205,7 +219,7 @@ class DeploymentService:
             row = _get(session, name, lock=True)
             before = _entity(row)
             if body.arms is not None:
-                self._check(row.backend, body.arms)
+                self._check(row.backend, body.arms, actor=actor)
                 _set_arms(row, [arm.model_dump() for arm in body.arms])
                 row.rollout = None  # a manual change of weights ends any rollout
             if body.sticky is not None:
@@ -304,15 +318,16 @@ class DeploymentService:
                 )
             return self._commit(session, row, actor, "deployment.rollback", before)
 
-    def _check(self, backend_name: str, arms: Sequence[Arm]) -> None:
+    def _check(self, backend_name: str, arms: Sequence[Arm], *, actor: str = "") -> None:
         check_arms([arm.model_dump() for arm in arms])
         with Session(self.platform.engine) as session:
-            backend = session.exec(
-                select(BackendRow).where(BackendRow.name == backend_name)
-            ).first()
-        if backend is None:
-            raise not_found(f"backend {backend_name!r} does not exist")
+            backends = list(session.exec(select(BackendRow)))
         for arm in arms:
+            arm_backend = arm.backend or backend_name
+            backend = next((b for b in backends if b.name == arm_backend), None)
+            if backend is None:
+                where = f"arm {arm.name!r}: " if arm.backend else ""
+                raise not_found(f"{where}backend {arm_backend!r} does not exist")
             parse_ref(arm.model)
             version = self.platform.registry.resolve(arm.model)
             base_digest = version.digest if version.kind is ModelKind.BASE else version.base_digest
@@ -320,8 +335,46 @@ class DeploymentService:
                 served = version.ref if version.kind is ModelKind.BASE else version.base
                 raise invalid(
                     f"arm {arm.name!r}: {arm.model} ({version.ref}) runs on {served}, but backend "
-                    f"{backend_name!r} serves {backend.base_ref}"
+                    f"{arm_backend!r} serves {backend.base_ref}"
                 )
+            if version.kind is ModelKind.BASE:
+                if arm.serve == "merged":
+                    raise invalid(
+                        f"arm {arm.name!r}: {version.ref} is a base model, there is nothing to "
+                        "merge; leave serve at auto"
+                    )
+                continue
+            self._check_plan(arm, version, backend, backends, actor)
+
+    def _check_plan(
+        self,
+        arm: Arm,
+        version: ModelVersion,
+        backend: BackendRow,
+        backends: Sequence[BackendRow],
+        actor: str,
+    ) -> None:
+        """Refuses an arm its backend cannot serve; merges (once) what the arm serves merged."""
+        try:
+            plan = decide(adapter_config_of(version), backend.kind, arm.serve)
+        except PlanRefused as refusal:
+            raise invalid(
+                f"arm {arm.name!r}: backend {backend.name!r} ({backend.kind}) cannot load "
+                f"{version.ref}: {refusal}. Serve it merged into its base instead (serve: merged, "
+                "or auto, the default; CLI: --arm NAME=MODEL:WEIGHT:merged), or deploy it on a "
+                "local backend"
+            ) from None
+        if plan.plan != "merged":
+            return
+        merged = ensure_merged(self.platform, version, actor=actor).version
+        if not any(b.base_digest == merged.digest for b in backends):
+            raise RegistryError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"arm {arm.name!r} serves {version.ref} merged into its base ({plan.reason}): "
+                f"that is {merged.ref}, and no backend serves it yet. Start one with "
+                f"'evalhub backend {backend.kind} --base {merged.ref} --name {_merged_backend_name(merged)}' "
+                f"(or POST /api/v1/backends with base {merged.ref!r}), then try again",
+            )
 
     def _commit(
         self,
@@ -347,6 +400,10 @@ class DeploymentService:
         )
         session.commit()
         return after
+
+
+def _merged_backend_name(merged: ModelVersion) -> str:
+    return f"{merged.model}-{merged.version}"
 
 
 def _start_rollout(arms: list[dict[str, Any]], body: RolloutAction) -> dict[str, Any]:

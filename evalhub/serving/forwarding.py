@@ -41,7 +41,10 @@ def response_headers(request_id: str, route: Route) -> dict[str, str]:
         "X-Evalhub-Request-Id": request_id,
         "X-Evalhub-Model-Version": route.version.ref,
         "X-Evalhub-Model-Digest": route.version.digest,
+        "X-Evalhub-Backend": route.backend.name,
     }
+    if route.merged is not None:
+        headers["X-Evalhub-Served-As"] = route.merged.ref
     if route.deployment is not None and route.arm is not None:
         headers["X-Evalhub-Deployment"] = route.deployment.name
         headers["X-Evalhub-Arm"] = route.arm.name
@@ -89,7 +92,7 @@ class Forwarder:
         except BackendUnavailable:
             adapters.release(served)
             raise
-        if reply.status == 404 and route.version.kind is ModelKind.ADAPTER:
+        if reply.status == 404 and route.served.kind is ModelKind.ADAPTER:
             # A replica lost the adapter (it restarted): load it everywhere again, once.
             reply.release()
             adapters.release(served)

@@ -33,6 +33,7 @@ from evalhub.serving.gateway_errors import (
     invalid_request,
     unavailable,
 )
+from evalhub.serving.on_demand import OnDemandBackends
 from evalhub.serving.router import Route, Router
 from evalhub.serving.traffic import TrafficLog
 from evalhub.serving.traffic_record import RequestContext
@@ -46,6 +47,7 @@ __all__ = ["MAX_MODEL_CHARS", "MAX_USER_CHARS", "Gateway", "GatewayError"]
 log = logging.getLogger(__name__)
 
 USER_HEADER = "x-evalhub-user"
+KEEPALIVE_SECONDS = 4.0
 #: Changes that can alter where a request goes.
 _ROUTING_ACTIONS = ("alias.", "version.", "model.", "deployment.", "backend.")
 
@@ -57,11 +59,12 @@ class Gateway:
         backends: BackendService,
         *,
         metrics: CollectorRegistry,
+        on_demand: OnDemandBackends | None = None,
     ) -> None:
         self.platform = platform
         self.backends = backends
         self.deployments = DeploymentService(platform)
-        self.router = Router(platform, backends, self.deployments)
+        self.router = Router(platform, backends, self.deployments, on_demand)
         self.adapters = AdapterPool(platform)
         self.forwarder = Forwarder(self.adapters, lambda: self.session, self._record)
         self.traffic = TrafficLog(
@@ -98,7 +101,9 @@ class Gateway:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         timeout = aiohttp.ClientTimeout(total=self.platform.settings.gateway_timeout)
-        connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30)
+        # Idle connections are dropped before the backends drop them (uvicorn, and vLLM on it,
+        # after 5 s): a POST sent on a connection the server has just closed fails as a 503.
+        connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=KEEPALIVE_SECONDS)
         self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
@@ -246,21 +251,26 @@ class Gateway:
         deployments = await asyncio.to_thread(self.deployments.list)
         wanted: dict[str, set[str]] = {}
         for deployment in deployments:
-            backend = await self.router.backend(deployment.backend)
-            if backend is None:
-                continue
             for arm in deployment.arms:
                 if arm.weight <= 0:  # no traffic: not kept loaded (a rolled-back candidate)
                     continue
-                version = await self.router.version(arm.model)
-                if version is None or version.kind is not ModelKind.ADAPTER:
-                    continue
                 try:
-                    name = await self.adapters.of(backend).ensure(self.session, version)
+                    route = await self.router.route(deployment.name, None, arm=arm.name)
+                except GatewayError:
+                    continue  # the request path reports it
+                if route.served.kind is not ModelKind.ADAPTER:
+                    continue  # a base model, or an adapter served merged: nothing to load
+                try:
+                    name = await self.adapters.of(route.backend).ensure(self.session, route.served)
                 except (AdapterLoadFailed, BackendUnavailable) as error:
-                    log.warning("preloading %s on %s failed: %s", version.ref, backend.name, error)
+                    log.warning(
+                        "preloading %s on %s failed: %s",
+                        route.served.ref,
+                        route.backend.name,
+                        error,
+                    )
                     continue
-                wanted.setdefault(backend.name, set()).add(name)
+                wanted.setdefault(route.backend.name, set()).add(name)
         await self.adapters.unload_idle(self.session, wanted, self.adapter_idle_seconds)
 
     def loaded_adapters(self, backend: str) -> dict[str, str]:

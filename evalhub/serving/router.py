@@ -18,8 +18,11 @@ from typing import Any
 from evalhub.platform import Platform
 from evalhub.serving.backends import Backend, BackendService
 from evalhub.serving.deployments import Arm, Deployment, DeploymentService
-from evalhub.serving.gateway_errors import model_not_found, unavailable
+from evalhub.serving.gateway_errors import GatewayError, model_not_found, not_loadable, unavailable
+from evalhub.serving.merge import find_merged
+from evalhub.serving.on_demand import NoBackend, OnDemandBackends
 from evalhub.serving.routing import pick_arm
+from evalhub.serving.serve_plan import PlanRefused, ServeMode, adapter_config_of, decide
 from registry.entities import ModelKind, ModelVersion
 from registry.errors import RegistryError
 
@@ -34,6 +37,13 @@ class Route:
     version: ModelVersion
     deployment: Deployment | None = None
     arm: Arm | None = None
+    # The base version the backend runs in place of `version`: its adapter merged into its base.
+    merged: ModelVersion | None = None
+
+    @property
+    def served(self) -> ModelVersion:
+        """What the backend is asked for: the merged model, or the version itself."""
+        return self.merged or self.version
 
 
 class TTLCache:
@@ -77,11 +87,17 @@ class TTLCache:
 
 class Router:
     def __init__(
-        self, platform: Platform, backends: BackendService, deployments: DeploymentService
+        self,
+        platform: Platform,
+        backends: BackendService,
+        deployments: DeploymentService,
+        on_demand: OnDemandBackends | None = None,
     ) -> None:
         self.platform = platform
         self.backends = backends
         self.deployments = deployments
+        # Starts a backend for a base none serves (EVALHUB_AUTO_BACKEND); None keeps the 503.
+        self.on_demand = on_demand
         self._cache = TTLCache(CACHE_SECONDS)
         self._rng = random.Random()
 
@@ -96,14 +112,15 @@ class Router:
         version = await self.version(model)
         if version is None:
             raise model_not_found(model)
-        backend = await self._cache.get(("serves", version.ref), lambda: self._backend_for(version))
-        if backend is None:
-            base = version.ref if version.kind is ModelKind.BASE else version.base
-            raise unavailable(
-                f"no backend serves {base}, the base of {model}; add one with "
-                f"'evalhub backend local --base {base}' or POST /api/v1/backends"
-            )
-        return Route(backend=backend, version=version)
+        direct: Route | GatewayError = await self._cache.get(
+            ("serves", version.ref), lambda: self._direct(model, version)
+        )
+        if isinstance(direct, NoBackend) and self.on_demand is not None:
+            await self.on_demand.ensure(direct)
+            direct = await asyncio.to_thread(self._direct, model, version)
+        if isinstance(direct, GatewayError):
+            raise direct
+        return direct
 
     async def version(self, ref: str) -> ModelVersion | None:
         """What `ref` resolves to now; None when it resolves to nothing."""
@@ -141,12 +158,18 @@ class Router:
             raise unavailable(
                 f"arm {arm.name!r} of {deployment.name!r}: {arm.model} resolves to nothing"
             )
-        backend = await self.backend(deployment.backend)
+        backend_name = arm.backend or deployment.backend
+        backend = await self.backend(backend_name)
         if backend is None:
-            raise unavailable(
-                f"deployment {deployment.name!r}: backend {deployment.backend!r} is gone"
-            )
-        return Route(backend=backend, version=version, deployment=deployment, arm=arm)
+            raise unavailable(f"deployment {deployment.name!r}: backend {backend_name!r} is gone")
+        route = Route(backend=backend, version=version, deployment=deployment, arm=arm)
+        planned: Route | GatewayError = await self._cache.get(
+            ("plan", deployment.name, arm.name, version.digest, backend.name, arm.serve),
+            lambda: self._planned(route, arm.serve),
+        )
+        if isinstance(planned, GatewayError):
+            raise planned
+        return planned
 
     def _deployment(self, name: str) -> Deployment | None:
         try:
@@ -168,6 +191,79 @@ class Router:
         except RegistryError:
             return None
 
-    def _backend_for(self, version: ModelVersion) -> Backend | None:
-        digest = version.digest if version.kind is ModelKind.BASE else version.base_digest
-        return next((b for b in self.backends.list() if b.base_digest == digest), None)
+    def _planned(self, route: Route, mode: ServeMode) -> Route | GatewayError:
+        """The route as the serve plan has it: the adapter on the arm's backend, or its merged
+        model on a backend that serves that model."""
+        version, backend = route.version, route.backend
+        if version.kind is not ModelKind.ADAPTER:
+            return route
+        where = (
+            f"arm {route.arm.name!r} of {route.deployment.name!r}: "
+            if route.arm and route.deployment
+            else ""
+        )
+        try:
+            plan = decide(adapter_config_of(version), backend.kind, mode)
+        except PlanRefused as refusal:
+            return not_loadable(
+                f"{where}backend {backend.name!r} ({backend.kind}) cannot load {version.ref}: "
+                f"{refusal}; serve it merged (serve: merged or auto) or on a local backend"
+            )
+        if plan.plan == "adapter":
+            return route
+        merged = find_merged(self.platform, version)
+        if merged is None:
+            return unavailable(
+                f"{where}{version.ref} is served merged into its base ({plan.reason}) and has no "
+                f"merged version yet: run 'evalhub versions merge {version.ref}', then start a "
+                f"backend for the merged model it prints ('evalhub backend {backend.kind} --base "
+                "MERGED_REF')"
+            )
+        serving = self._backend_serving(merged.digest, prefer=backend.kind)
+        if serving is None:
+            return unavailable(
+                f"{where}{version.ref} is served merged into its base ({plan.reason}) as "
+                f"{merged.ref}, which no backend serves: start one with 'evalhub backend "
+                f"{backend.kind} --base {merged.ref}'"
+            )
+        return Route(
+            backend=serving,
+            version=version,
+            deployment=route.deployment,
+            arm=route.arm,
+            merged=merged,
+        )
+
+    def _direct(self, model: str, version: ModelVersion) -> Route | GatewayError:
+        """A model reference asked for directly: a backend that loads it, else its merged model."""
+        if version.kind is ModelKind.BASE:
+            on_base = self._backends_on(version.digest)
+            if not on_base:
+                return NoBackend(
+                    f"no backend serves {version.ref}; add one with "
+                    f"'evalhub backend local --base {version.ref}' or POST /api/v1/backends",
+                    version.ref,
+                    version.digest,
+                )
+            return Route(backend=on_base[0], version=version)
+        on_base = self._backends_on(version.base_digest)
+        if not on_base or version.base is None or version.base_digest is None:
+            return NoBackend(
+                f"no backend serves {version.base}, the base of {model}; add one with "
+                f"'evalhub backend local --base {version.base}' or POST /api/v1/backends",
+                str(version.base),
+                str(version.base_digest),
+            )
+        planned = [self._planned(Route(backend=b, version=version), "auto") for b in on_base]
+        routes = [p for p in planned if isinstance(p, Route)]
+        routes.sort(key=lambda route: route.merged is not None)  # one that loads it comes first
+        return routes[0] if routes else planned[0]
+
+    def _backends_on(self, digest: str | None) -> list[Backend]:
+        return [b for b in self.backends.list() if b.base_digest == digest]
+
+    def _backend_serving(self, digest: str, *, prefer: str) -> Backend | None:
+        serving = self._backends_on(digest)
+        same_kind = [b for b in serving if b.kind == prefer]
+        choices = same_kind or serving
+        return choices[0] if choices else None

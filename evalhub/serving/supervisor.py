@@ -92,6 +92,37 @@ def check_vllm_args(args: object) -> list[str]:
     return list(args)
 
 
+def gpus_per_replica(args: list[str]) -> int:
+    """The GPUs one vLLM process uses: its tensor parallel size times its pipeline parallel size."""
+    sizes = {"--tensor-parallel-size": 1, "--pipeline-parallel-size": 1}
+    for index, arg in enumerate(args):
+        flag, _, inline = arg.partition("=")
+        if flag in sizes:
+            value = inline or (args[index + 1] if index + 1 < len(args) else "")
+            if not value.isdigit() or int(value) < 1:
+                raise RegistryError(
+                    ErrorCode.INVALID_ARGUMENT, f"vLLM argument {flag} takes a positive integer"
+                )
+            sizes[flag] = int(value)
+    return sizes["--tensor-parallel-size"] * sizes["--pipeline-parallel-size"]
+
+
+def replica_gpus(gpus: list[int] | None, per_replica: int, replicas: int) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES for each replica: consecutive, disjoint slices of `gpus`, so that
+    replicas do not share a device; None for each where `gpus` is not set."""
+    if gpus is None:
+        return [None] * replicas
+    needed = per_replica * replicas
+    if needed > len(gpus):
+        raise RegistryError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"{replicas} replica(s) of {per_replica} GPU(s) each need {needed} GPUs; "
+            f"EVALHUB_VLLM_GPUS lists {len(gpus)} ({gpus})",
+        )
+    slices = (gpus[i * per_replica : (i + 1) * per_replica] for i in range(replicas))
+    return [",".join(str(gpu) for gpu in part) for part in slices]
+
+
 def vllm_backend_spec(
     name: str,
     model_dir: Path,
@@ -104,6 +135,7 @@ def vllm_backend_spec(
     max_lora_rank: int,
     max_cpu_loras: int,
     extra_args: list[str],
+    gpus: str | None = None,
 ) -> ProcessSpec:
     command = [
         python, *entrypoint,
@@ -118,6 +150,8 @@ def vllm_backend_spec(
         # GiB of KV cache on CPU builds; the default (4) is more than small machines spare.
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
     }
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpus
     return ProcessSpec(name=name, command=command, port=port, env=env, health_timeout=300.0)
 
 

@@ -139,3 +139,39 @@ def test_the_cli_prints_the_groups_and_exports(
         cli_app, ["eval", "errors", runs["blind"], "--export", "all"], env=cli_env
     )
     assert missing.exit_code == 1 and "--export needs --dataset" in missing.output
+
+
+def test_a_run_the_cli_made_against_an_endpoint_keeps_its_inputs(
+    client: TestClient,
+    tokens: dict[str, dict[str, str]],
+    cli_env: dict[str, str],
+    start_scripted_server,  # type: ignore[no-untyped-def]
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """`evalhub eval run --endpoint` sends its suite and dataset with the run it records, so
+    the run can be analysed like one the server ran; a suite that is not the run's is refused."""
+    from tests.eval.scripted_capitals import SUITE
+
+    server = start_scripted_server(ScriptedServer(blind_to_asia))
+    runner = CliRunner()
+    output = tmp_path / "run.json"
+    ran = runner.invoke(
+        cli_app,
+        ["eval", "run", str(SUITE), "--model", "blind", "--endpoint", server.base_url,
+         "--output", str(output)],
+        env=cli_env,
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    run = json.loads(output.read_text())
+    report = client.get(f"{API}/{run['run_id']}/errors", headers=tokens["viewer"]).json()
+    assert report["by_slice"][0]["name"] == "slice:asia" and report["failures"] == 6
+
+    other = SUITE.read_text().replace("threshold: 0.6", "threshold: 0.7")
+    refused = client.post(
+        f"{API}/import",
+        json={"run": run | {"run_id": "evalrun-" + "0" * 24}, "suite": other,
+              "filename": SUITE.name, "dataset": DATASET.read_text()},
+        headers=tokens["editor"],
+    )  # fmt: skip
+    assert refused.status_code == 400 and "digests differ" in refused.text, refused.text
+    assert client.get(f"{API}/evalrun-{'0' * 24}", headers=tokens["viewer"]).status_code == 404

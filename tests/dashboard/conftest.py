@@ -5,7 +5,8 @@ served by a real local backend; a fine-tuning job that really trained; two eval 
 suite (exact match, JSON validity, and an LLM judge that is a scripted server, named so because
 no judge model runs here); a deployment with traffic through the gateway and feedback; a canary
 under analysis that the controller rolled back; a drift check; an alert; annotation queues
-of an eval run (with two raters' labels) and of the traffic. Built once per test process (session scope).
+of an eval run (with two raters' labels) and of the traffic; a two-trial experiment scored on a
+held-out suite. Built once per test process (session scope).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from streamlit.testing.v1 import AppTest
 from evalhub.child_server import child_server
 from evalhub.cli.registry import register_directory
 from evalhub.client import Client
-from evalhub.finetune.tasks import json_task, write_jsonl
+from evalhub.finetune.tasks import as_eval_cases, json_task, upper_case_task, write_jsonl
 from tests.monitoring.conftest import Models, models  # noqa: F401  (the fixture, built once)
 from tests.scripted_server import ScriptedServer, scripted
 
@@ -54,6 +55,17 @@ slices:
 """
 
 
+EXPERIMENT_SUITE = """\
+name: upper
+version: 1
+dataset: upper-held-out
+sampling: {temperature: 0, max_tokens: 24, seed: 0}
+metrics:
+  - name: exact_match
+  - name: chrf
+"""
+
+
 @dataclass
 class Seeded:
     url: str
@@ -61,6 +73,7 @@ class Seeded:
     editor: str
     viewer: str
     job_id: str
+    experiment_id: str
     baseline_run: str
     candidate_run: str
     drift_check: str
@@ -123,9 +136,9 @@ def chat(
     return replies
 
 
-# The test modules that use `seeded` share the xdist group "dashboard". Under pytest 9.2 and
-# pytest-xdist 3.8 the group is not honoured (xdist renames items through `_nodeid`, which
-# pytest 9 no longer reads), so each of the two workers may build its own seeded server.
+# The test modules that use `seeded` share the xdist group "dashboard", so under `--dist
+# loadgroup` one worker runs them all and the seeded server is built once. (pytest 9.2 lost
+# xdist 3.8's group suffix; tests/conftest.py's pytest_collection_modifyitems puts it back.)
 @pytest.fixture(scope="session")
 def seeded(models: Models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:  # noqa: F811
     home = tmp_path_factory.mktemp("dashboard-home")
@@ -190,6 +203,35 @@ def _seed(
     assert job.status_code == 200, job.text
     job_id = job.json()["id"]
 
+    # An experiment of two trials that upper-case words, scored on held-out cases.
+    for name, rows, kind in (
+        ("upper-train", upper_case_task(200, seed=0), "chat"),
+        (
+            "upper-held-out",
+            as_eval_cases(upper_case_task(EVAL_CASES, seed=0, split="held_out")),
+            "eval",
+        ),
+    ):
+        content = "".join(json.dumps(row) + "\n" for row in rows).encode()
+        http.post(
+            f"/api/v1/datasets/{name}/versions",
+            files={"file": (f"{name}.jsonl", content)},
+            data={"format": kind, "create": "true"},
+        ).raise_for_status()
+    experiment = api.post(
+        "/experiments",
+        {
+            "name": "dash-sweep",
+            "base": "tiny",
+            "dataset": "upper-train",
+            "suite": EXPERIMENT_SUITE,
+            "metric": "exact_match",
+            "space": {"learning_rate": [0.0002, 0.006]},
+            "fixed": {"max_steps": 80, "batch_size": 16},
+            "eval_every": 40,
+        },
+    )
+
     # Two eval runs of the same suite through the server's gateway, judged by the scripted judge.
     suite = SUITE.replace("JUDGE_URL", judge_server.base_url)
     runs = {}
@@ -213,6 +255,12 @@ def _seed(
         f"fine-tuning job {job_id}",
     )
     assert finished["status"] == "succeeded", finished
+    swept = wait_for(
+        lambda: api.get(f"/experiments/{experiment['id']}"),
+        lambda e: e["status"] in ("succeeded", "failed", "cancelled"),
+        f"experiment {experiment['id']}",
+    )
+    assert swept["status"] == "succeeded", swept
 
     # Human evaluation: the candidate run's answers on a 1-5 scale, half of them labelled by two
     # raters (one agrees with the judge, one is harsher on two), and a sample of traffic.
@@ -326,6 +374,7 @@ def _seed(
         editor=tokens["editor"],
         viewer=tokens["viewer"],
         job_id=job_id,
+        experiment_id=experiment["id"],
         baseline_run=runs["baseline"],
         candidate_run=runs["candidate"],
         drift_check=drift["id"],

@@ -30,6 +30,7 @@ PAGES = [
     ("evaluations", "evaluations", "Cases side by side"),
     ("human_eval?queue=json-quality", "human-eval", "Judges against humans"),
     ("finetuning", "finetuning", "Start a job"),
+    ("experiments", "experiments", "of every scored checkpoint"),
     ("deployments", "deployments", "The controller's decisions"),
     ("monitoring", "monitoring", "Alerts"),
 ]

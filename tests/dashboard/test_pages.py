@@ -3,6 +3,7 @@ sees (the numbers the API has), who may press which button, and what a bad token
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -19,6 +20,11 @@ def api(seeded: Seeded, path: str, **params: Any) -> Any:
     response = httpx.get(f"{seeded.url}/api/v1{path}", params=params, headers=headers, timeout=60)
     response.raise_for_status()
     return response.json()
+
+
+def trial_jobs(seeded: Seeded) -> list[str]:
+    """The fine-tuning jobs of the seeded experiment's trials."""
+    return [t["job_id"] for t in api(seeded, f"/experiments/{seeded.experiment_id}")["trials"]]
 
 
 def text_of(at: Any) -> str:
@@ -52,16 +58,19 @@ def test_overview_shows_deployments_rollouts_alerts_runs_and_jobs(seeded: Seeded
     )
     assert "rollout rolled_back · controller: **rollback**" in shown
     runs = frames(at)[1]
-    assert set(runs["run"]) == {seeded.baseline_run, seeded.candidate_run}
+    latest = api(seeded, "/evals", limit=10)["data"]  # the experiment's runs are among them
+    assert list(runs["run"]) == [run["id"] for run in latest]
     assert set(runs["status"]) == {"completed"}
     jobs = frames(at)[2]
-    assert list(jobs["job"]) == [seeded.job_id] and list(jobs["status"]) == ["succeeded"]
+    assert set(jobs["job"]) == {seeded.job_id, *trial_jobs(seeded)}
+    assert set(jobs["status"]) == {"succeeded"}
 
 
 def test_registry_shows_versions_lineage_and_alias_history(seeded: Seeded) -> None:
     at = run(seeded, "views/registry.py", seeded.viewer)
     models = frames(at)[0]
-    assert set(models["model"]) == {"bot", "tiny", "tiny-dash"}  # tiny-dash: the job's adapter
+    # tiny-dash: the job's adapter; tiny-dash-sweep: the experiment's trials
+    assert set(models["model"]) == {"bot", "tiny", "tiny-dash", "tiny-dash-sweep"}
     at.selectbox(key="model").select("bot").run()
     versions = frames(at)[1]
     assert sorted(versions["version"]) == [1, 2, 3] and set(versions["base"]) == {"tiny/1"}
@@ -102,7 +111,9 @@ def test_a_viewer_sees_the_alias_buttons_disabled_and_an_admin_rolls_back(seeded
 def test_evaluations_compare_two_runs_with_the_apis_numbers(seeded: Seeded) -> None:
     at = run(seeded, "views/evaluations.py", seeded.viewer)
     runs = frames(at)[0]
-    assert set(runs["run"]) == {seeded.baseline_run, seeded.candidate_run}
+    served = api(seeded, "/evals", limit=200)["data"]
+    assert set(runs["run"]) == {run["id"] for run in served}
+    assert {seeded.baseline_run, seeded.candidate_run} <= set(runs["run"])
     labels = at.selectbox(key="baseline").options
     baseline = next(label for label in labels if seeded.baseline_run in label)
     candidate = next(label for label in labels if seeded.candidate_run in label)
@@ -133,7 +144,18 @@ def test_finetuning_shows_the_jobs_curve_events_and_a_viewer_cannot_start_one(
 ) -> None:
     at = run(seeded, "views/finetuning.py", seeded.viewer)
     jobs = frames(at)[0]
-    assert list(jobs["job"]) == [seeded.job_id] and list(jobs["status"]) == ["succeeded"]
+    assert set(jobs["job"]) == {seeded.job_id, *trial_jobs(seeded)}
+    assert set(jobs["status"]) == {"succeeded"}
+    # A trial of the experiment: its checkpoints carry their scores on the held-out suite.
+    trial = trial_jobs(seeded)[0]
+    at.selectbox(key="job").select(trial).run()
+    listed = api(seeded, f"/experiments/{seeded.experiment_id}")["leaderboard"]["trials"]
+    scored = api(seeded, f"/finetune/runs/{trial}/metrics")["final"]["suite_exact_match"]
+    checkpoints = frames(at)[2]  # after the jobs and the events
+    assert sorted(checkpoints["step"]) == [40, 80]
+    assert scored in set(checkpoints["suite exact_match"])
+    assert scored == next(row["value"] for row in listed if row["job_id"] == trial)
+    at.selectbox(key="job").select(seeded.job_id).run()
     metrics = api(seeded, f"/finetune/runs/{seeded.job_id}/metrics")
     points = sum(p["train_loss"] is not None for p in metrics["series"])
     assert f"Loss of {seeded.job_id} ({points} training points)" in str(
@@ -250,6 +272,7 @@ PAGES = [
     "views/evaluations.py",
     "views/human_eval.py",
     "views/finetuning.py",
+    "views/experiments.py",
     "views/deployments.py",
     "views/monitoring.py",
 ]
@@ -262,3 +285,30 @@ def test_a_viewer_sees_no_enabled_button_that_changes_anything(seeded: Seeded, p
     at = run(seeded, page, seeded.viewer)
     acting = [b for b in at.button if not str(b.key or "").endswith(HARMLESS)]
     assert all(b.disabled for b in acting), [(b.key, b.label) for b in acting if not b.disabled]
+
+
+def test_experiments_show_the_leaderboard_and_checkpoint_scores(seeded: Seeded) -> None:
+    at = run(seeded, "views/experiments.py", seeded.viewer)
+    experiments = frames(at)[0]
+    assert list(experiments["experiment"]) == [seeded.experiment_id]
+    assert list(experiments["trials"]) == ["2/2"] and list(experiments["status"]) == ["succeeded"]
+    served = api(seeded, f"/experiments/{seeded.experiment_id}")
+    board = frames(at)[1]
+    # The page's leaderboard is the API's, in its order, with the winner's version.
+    ranked = served["leaderboard"]["trials"]
+    assert list(board["rank"]) == [row["rank"] for row in ranked]
+    assert list(board["exact_match"]) == [row["value"] for row in ranked]
+    assert ranked[0]["value"] >= 0.5 and ranked[0]["params"] == {"learning_rate": 0.006}
+    expected = [
+        "best" if row["best"] else "cannot tell apart" if row["tied_with_best"] else "worse"
+        for row in ranked
+    ]
+    assert list(board["vs best"]) == expected and expected[0] == "best"
+    assert list(board["version"])[:1] == [served["winner"]]
+    tiles = {metric.label: metric.value for metric in at.metric}
+    assert tiles["Trials ended"] == "2/2" and tiles["Winner"] == served["winner"]
+    # Two charts: the leaderboard's bars and every scored checkpoint's curve (two per trial).
+    charts = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    assert len(charts) == 2
+    curves = charts[1]["data"]
+    assert len(curves) == 2 and all(trace["x"] == [40, 80] for trace in curves)

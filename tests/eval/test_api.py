@@ -80,9 +80,15 @@ def test_start_follow_read_and_compare_runs(
     case = page.json()["data"][0]
     assert set(case["scores"]) == {"exact_match", "contains", "chrf", "latency"}
 
-    events = api.get(f"{API}/evals/{ids['good-model']}/events", headers=viewer).json()
+    # The run's row says completed as its results are stored; the job ends just after.
+    deadline = time.monotonic() + 30
+    while True:
+        events = api.get(f"{API}/evals/{ids['good-model']}/events", headers=viewer).json()
+        if events[-1]["message"].startswith("succeeded") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert any((event["data"] or {}).get("done") == N_CASES for event in events)
-    assert events[-1]["message"].startswith("succeeded")
+    assert events[-1]["message"].startswith("succeeded"), events[-3:]
 
     compared = api.get(
         f"{API}/evals/compare",

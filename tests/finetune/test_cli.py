@@ -83,3 +83,14 @@ def test_create_tiny_validate_estimate_run_and_inspect(cli, tmp_path: Path) -> N
     out = cli("finetune", "run", str(config), code=1)
     assert "line 3: example_missing_assistant_message" in out
     assert len(json.loads(cli("finetune", "jobs", "list", "--json"))) == 2
+
+
+def test_a_job_yaml_with_an_unknown_executor_is_refused_before_anything_is_sent(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path
+) -> None:
+    write_jsonl(tmp_path / "train.jsonl", upper_case_task(12, seed=1))
+    config = tmp_path / "job.yaml"
+    config.write_text("model: tiny\ntraining_file: train.jsonl\nexecutor: spark\n")
+    out = cli("finetune", "run", str(config), code=1)
+    assert "executor: Input should be 'local' or 'ray'" in out
+    assert not (tmp_path / "home").exists()

@@ -1,7 +1,8 @@
 """The managed-service flow with the stock `openai` client against a real `evalhub serve`.
 
 Upload, create, poll until succeeded, events, checkpoints, the registered adapter with its lineage
-and held-out exact match; cancel; refusals in OpenAI's error format that create nothing.
+and held-out exact match, its `ft:` id answering with no backend command (started on demand);
+cancel; refusals in OpenAI's error format that create nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from evalhub.finetune.tasks import upper_case_task, write_jsonl
 from evalhub.platform import Platform
 from evalhub.settings import Settings
 from tests.finetune.conftest import register_tiny_base
+
+# One worker builds this module's server (a module fixture), under --dist loadgroup.
+pytestmark = pytest.mark.xdist_group("finetune-openai-api")
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -138,14 +142,8 @@ def test_upload_train_poll_events_checkpoints_and_lineage(served: Served, tmp_pa
     page = client.fine_tuning.jobs.list(limit=1)
     assert page.data[0].id == job.id
 
-    # The fine-tuned model id answers at once through the gateway, once a backend serves its base.
-    backend = httpx.post(
-        f"{served.url}/api/v1/backends",
-        json={"name": "cpu", "kind": "local", "base": "tiny/1"},
-        headers={"Authorization": f"Bearer {served.tokens['editor']}"},
-        timeout=120,
-    )
-    assert backend.status_code == 201, backend.text
+    # The fine-tuned model id answers with no backend command: on the embedded home the gateway
+    # starts a local backend for its base on the first request.
     hits = 0
     for example in held_out:
         reply = client.chat.completions.create(
@@ -157,6 +155,13 @@ def test_upload_train_poll_events_checkpoints_and_lineage(served: Served, tmp_pa
         assert reply.model == job.fine_tuned_model
         hits += reply.choices[0].message.content == example["messages"][1]["content"]
     assert hits / len(held_out) >= 0.8
+    backends = httpx.get(
+        f"{served.url}/api/v1/backends",
+        headers={"Authorization": f"Bearer {served.tokens['viewer']}"},
+    ).json()
+    assert [(b["name"], b["base"], b["created_by"]) for b in backends] == [
+        ("auto-tiny-1", "tiny/1", "gateway:on-demand")
+    ]
 
 
 def test_cancel_a_running_job(served: Served, tmp_path: Path) -> None:
@@ -214,6 +219,19 @@ def test_refusals_in_openai_error_format_create_nothing(served: Served, tmp_path
             model="tiny", training_file=good_file.id, hyperparameters={"n_epochs": 500}
         )
     assert refused.value.body["param"] == "hyperparameters.n_epochs"
+
+    for distributed, param in (
+        ({"nproc_per_node": 0}, "evalhub.distributed.nproc_per_node"),
+        ({"nproc_per_node": 5}, "evalhub"),  # batch_size 8 does not split into 5 ranks
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.fine_tuning.jobs.create(
+                model="tiny",
+                training_file=good_file.id,
+                hyperparameters={"batch_size": 8},
+                extra_body={"evalhub": {"distributed": distributed}},
+            )
+        assert refused.value.body["param"] == param, refused.value.body
 
     with pytest.raises(openai.PermissionDeniedError):
         served.client("viewer").fine_tuning.jobs.create(model="tiny", training_file=good_file.id)

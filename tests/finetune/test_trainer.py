@@ -95,6 +95,8 @@ def test_events_output_and_base_reference(tiny_base: Path, tmp_path: Path) -> No
     adapter_config = json.loads((result.output_dir / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == "tiny/1"
     assert "lm_head" in adapter_config["target_modules"]
+    # peft's set, sorted: another process (another string hash seed) writes the same bytes.
+    assert adapter_config["target_modules"] == sorted(adapter_config["target_modules"])
     assert adapter_config["modules_to_save"] is None
 
 
@@ -107,6 +109,58 @@ def test_same_seed_gives_bit_identical_adapter(tiny_base: Path, tmp_path: Path) 
     digests = [digest(run.output_dir / WEIGHTS["adapter"]) for run in runs]
     assert digests[0] == digests[1]
     assert digests[0] != digests[2]
+
+
+TRAIN_IN_A_PROCESS = """
+import sys
+from pathlib import Path
+import torch
+from evalhub.finetune.config import TrainConfig
+from evalhub.finetune.tasks import upper_case_task
+from evalhub.finetune.trainer import Trainer
+torch.set_num_threads(1)
+config = TrainConfig(method="lora", method_options={"rank": 4}, max_steps=2, batch_size=8, seed=7)
+Trainer(config, Path(sys.argv[1]), Path(sys.argv[2])).run(upper_case_task(16, seed=3))
+"""
+
+
+def test_the_adapter_directory_is_the_same_bytes_in_another_process(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    """Another process hashes strings with another seed; peft's set of target modules must not
+    leak that order into adapter_config.json, or a reproduction's digest differs."""
+    import os
+    import subprocess
+    import sys
+
+    from registry.artifacts import compute_tree
+
+    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    here = str(list(set(names)))
+    hash_seed = next(  # a seed that orders the module names otherwise than this process does
+        seed
+        for seed in map(str, range(1, 20))
+        if subprocess.run(
+            [sys.executable, "-c", f"print(list(set({names!r})))"],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        != here
+    )
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}
+    there = tmp_path / "there"
+    subprocess.run(
+        [sys.executable, "-c", TRAIN_IN_A_PROCESS, str(tiny_base), str(there)],
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    config = TrainConfig(
+        method="lora", method_options={"rank": 4}, max_steps=2, batch_size=8, seed=7
+    )
+    Trainer(config, tiny_base, tmp_path / "here").run(upper_case_task(16, seed=3))
+    assert compute_tree(tmp_path / "here" / "final").digest == compute_tree(there / "final").digest
 
 
 @pytest.mark.parametrize("method", ["lora", "galore"])

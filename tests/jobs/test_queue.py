@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from evalhub.jobs import JobContext, JobQueue, JobStatus, Worker
+from evalhub.jobs import JobContext, JobDeferred, JobQueue, JobStatus, Worker
 from registry.errors import ErrorCode, RegistryError
 
 
@@ -104,3 +104,28 @@ def test_a_job_whose_worker_died_is_requeued_and_resumed(queue: JobQueue) -> Non
     assert Worker(queue, {"train": train}).run_once()
     assert seen == [True] and queue.get(job.id).status is JobStatus.SUCCEEDED
     assert any("requeued" in e.message for e in queue.events(job.id))
+
+
+def test_a_deferred_job_runs_after_the_jobs_queued_behind_it(queue: JobQueue) -> None:
+    """An experiment-like job waits for jobs submitted after it: it steps aside, they run, then
+    it runs again, and stepping aside is not counted as an attempt."""
+    order: list[str] = []
+
+    def waiting(context: JobContext) -> dict[str, int]:
+        order.append(context.job.id)
+        if queue.get("second").status is not JobStatus.SUCCEEDED:
+            raise JobDeferred("waiting for second")
+        return {"attempts": context.job.attempts}
+
+    def plain(context: JobContext) -> None:
+        order.append(context.job.id)
+
+    queue.submit("waiting", {}, job_id="first")
+    queue.submit("plain", {}, job_id="second")
+    worker = Worker(queue, {"waiting": waiting, "plain": plain})
+    while worker.run_once():
+        pass
+    assert order == ["first", "second", "first"]
+    done = queue.get("first")
+    assert done.status is JobStatus.SUCCEEDED and done.result == {"attempts": 1}
+    assert "waiting for second" in [event.message for event in queue.events("first")]

@@ -14,6 +14,9 @@ from evalhub.client import ApiError
 from tests.monitoring.conftest import Served
 from tests.monitoring.test_rollout_controller import create, send
 
+# One worker builds this module's server (a module fixture), under --dist loadgroup.
+pytestmark = pytest.mark.xdist_group("monitoring-feedback")
+
 
 def count_feedback(served: Served) -> int:
     return len(served.api.get("/feedback", limit=1000)["data"])

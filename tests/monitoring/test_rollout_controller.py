@@ -17,6 +17,9 @@ import pytest
 from evalhub.finetune.tasks import json_task
 from tests.monitoring.conftest import Served
 
+# One worker builds this module's server (a module fixture), under --dist loadgroup.
+pytestmark = pytest.mark.xdist_group("monitoring-rollout")
+
 PROMPTS = [row["messages"][0]["content"] for row in json_task(200, seed=5, split="held_out")]
 
 ANALYSIS = {

@@ -139,3 +139,43 @@ def client(base_url: str):  # type: ignore[no-untyped-def]
 
     with OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0, timeout=60) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def vllm_sized_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny base the vLLM tests serve (head_dim 32: the CPU build's attention kernels take 32
+    and up); built once per run, so the DoRA adapter below is trained on the very same files."""
+    from evalhub.finetune.tiny import build_tiny_model
+
+    return built_once(
+        tmp_path_factory,
+        "vllm-sized-base",
+        lambda root: build_tiny_model(root, seed=0, hidden_size=128, pretrain_steps=150),
+    )
+
+
+@pytest.fixture(scope="session")
+def dora_adapter(vllm_sized_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A really trained DoRA adapter (upper-casing, 40 steps): the kind vLLM refuses to load."""
+
+    def train(root: Path) -> None:
+        import torch
+
+        from evalhub.finetune.config import TrainConfig
+        from evalhub.finetune.tasks import upper_case_task
+        from evalhub.finetune.trainer import Trainer
+
+        torch.set_num_threads(1)
+        config = TrainConfig(
+            method="dora",
+            method_options={"rank": 8},
+            max_steps=40,
+            batch_size=8,
+            learning_rate=3e-3,
+            warmup_ratio=0.1,
+            seed=0,
+        )
+        result = Trainer(config, vllm_sized_base, root / "run").run(upper_case_task(320, seed=0))
+        result.output_dir.rename(root / "adapter")
+
+    return built_once(tmp_path_factory, "dora-adapter", train) / "adapter"

@@ -87,3 +87,60 @@ def test_sizes_and_switches_are_accepted() -> None:
         BackendCreate(name="b", base="tiny/1", options={"args": "--trust-remote-code"})
     with pytest.raises(ValidationError):
         BackendCreate(name="b", base="tiny/1", options={"port": "abc"})
+
+
+def gpu_settings(tmp_path: Path, gpus: list[int] | None) -> Settings:
+    """vLLM replaced by a Python that prints its GPUs and arguments, then exits with 3 (no GPU
+    here: this checks what each replica would be started with)."""
+    report = "import os, sys; print('GPUS', os.environ.get('CUDA_VISIBLE_DEVICES'), sys.argv[1:])"
+    return Settings(
+        home=tmp_path / "home",
+        _env_file=None,
+        vllm_python=sys.executable,
+        vllm_command=["-c", f"{report}; sys.exit(3)"],
+        vllm_gpus=gpus,
+    )
+
+
+def test_replicas_take_disjoint_gpus_of_tensor_parallel_size(
+    tmp_path: Path, model_dirs: dict[str, Path]
+) -> None:
+    from evalhub.serving.supervisor import replica_gpus
+
+    assert replica_gpus([0, 1, 2, 3], 2, 2) == ["0,1", "2,3"]
+    assert replica_gpus(None, 4, 2) == [None, None]
+    platform = Platform.open(gpu_settings(tmp_path, [4, 5, 6, 7]))
+    supervisor = Supervisor(tmp_path / "logs")
+    try:
+        platform.registry.create_model("tiny", "base")
+        platform.registry.register_version("tiny", model_dirs["base"])
+        backends = BackendService(platform, supervisor)
+        args = ["--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.85"]
+        body = BackendCreate(
+            name="gpu", kind="vllm", base="tiny/1", replicas=2, options={"args": args}
+        )
+        with pytest.raises(RegistryError, match="exited with status 3"):
+            backends.create(body, actor="t")
+        started = (tmp_path / "logs" / "gpu-0.log").read_text()
+        # The operator's arguments first, the request's after them (vLLM takes the later flag).
+        assert "GPUS 4,5 [" in started and "'--dtype', 'float32'" in started
+        assert started.index("'--dtype'") < started.index("'--tensor-parallel-size', '2'")
+
+        # Three replicas of two GPUs need six: refused before any process starts.
+        (tmp_path / "logs" / "gpu-0.log").unlink()
+        three = body.model_copy(update={"replicas": 3})
+        with pytest.raises(RegistryError, match="need 6 GPUs; EVALHUB_VLLM_GPUS lists 4"):
+            backends.create(three, actor="t")
+        assert not (tmp_path / "logs" / "gpu-0.log").exists() and backends.list() == []
+    finally:
+        supervisor.close()
+        platform.close()
+
+
+def test_a_bad_parallel_size_is_refused() -> None:
+    from evalhub.serving.supervisor import gpus_per_replica
+
+    assert gpus_per_replica(["--tensor-parallel-size=2", "--pipeline-parallel-size", "2"]) == 4
+    assert gpus_per_replica(["--dtype", "auto"]) == 1
+    with pytest.raises(RegistryError, match="positive integer"):
+        gpus_per_replica(["--tensor-parallel-size", "0"])

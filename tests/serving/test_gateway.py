@@ -25,6 +25,9 @@ from evalhub.cli.registry import register_directory
 from evalhub.client import Client
 from tests.serving.conftest import Models
 
+# One worker builds this module's server (a module fixture), under --dist loadgroup.
+pytestmark = pytest.mark.xdist_group("serving-gateway")
+
 MESSAGES = [{"role": "user", "content": "repeat: cat dog"}]
 
 
@@ -290,6 +293,41 @@ def test_replicas_all_load_adapters_and_survive_a_crash(served: Served) -> None:
     # The restarted replica lost its adapters; the gateway reloads them and nothing fails.
     answers = [chat(client, "paired").parse().choices[0].message.content for _ in range(6)]
     assert answers == [expected] * 6
+
+
+def test_arms_of_one_deployment_run_on_their_own_backends(served: Served) -> None:
+    from evalhub.client import ApiError
+
+    served.api.post("/backends", {"name": "cpu-2", "kind": "local", "base": "tiny/1"})
+    arms = [
+        {"name": "control", "model": "bot/1", "weight": 50},
+        {"name": "candidate", "model": "bot/2", "weight": 50, "backend": "cpu-2"},
+    ]
+    body = {"name": "spread", "backend": "cpu-1", "sticky": "none", "arms": arms}
+    with pytest.raises(ApiError) as refused:  # an arm on a backend that does not exist
+        served.api.post("/deployments", {**body, "arms": [arms[0], {**arms[1], "backend": "x"}]})
+    assert refused.value.status == 404 and "arm 'candidate': backend 'x'" in refused.value.message
+    assert all(d["name"] != "spread" for d in served.api.get("/deployments"))
+
+    served.api.post("/deployments", body)
+    client = served.openai()
+    expected = {v: chat(client, v).parse().choices[0].message.content for v in ("bot/1", "bot/2")}
+    seen = set()
+    for _ in range(16):
+        raw = chat(client, "spread")
+        version, backend = raw.headers["x-evalhub-model-version"], raw.headers["x-evalhub-backend"]
+        assert (version, backend) in {("bot/1", "cpu-1"), ("bot/2", "cpu-2")}
+        assert raw.parse().choices[0].message.content == expected[version]
+        seen.add(backend)
+    assert seen == {"cpu-1", "cpu-2"}
+    loaded = served.api.get("/backends/cpu-2")["options"]["loaded_adapters"]
+    assert any(name.startswith("bot-v2-") for name in loaded)
+
+    with pytest.raises(ApiError) as in_use:  # the candidate's backend serves the deployment
+        served.api.delete("/backends/cpu-2")
+    assert in_use.value.status == 409 and "spread" in in_use.value.message
+    served.api.delete("/deployments/spread")
+    served.api.delete("/backends/cpu-2")
 
 
 def test_unavailable_backends_answer_503_and_failover_uses_control(

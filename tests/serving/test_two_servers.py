@@ -126,3 +126,26 @@ def test_a_change_through_one_server_is_followed_and_preloaded_by_the_other(
                     1.0
                 )  # SQLite: read every 0.25 s (a busy machine adds); PostgreSQL: at once
                 assert [served_version(two, "ab") for _ in range(5)] == ["bot/2"] * 5
+
+
+@pytest.mark.parametrize("database_env", ["postgres"], indirect=True)
+def test_a_second_server_leaves_the_first_servers_managed_backend_running(
+    models: Models, database_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Two homes, one PostgreSQL: as two `evalhub serve` units under a process manager would run.
+    with child_server(tmp_path / "one", database_env) as first:
+        headers = {"Authorization": f"Bearer {first.token}"}
+        with httpx.Client(base_url=first.url, headers=headers, timeout=120) as one:
+            api = Client(one)
+            api.post("/models", {"name": "tiny", "kind": "base"})
+            register_directory(api, models.base, "tiny")
+            started = api.post("/backends", {"name": "cpu", "kind": "local", "base": "tiny/1"})
+            with (
+                child_server(tmp_path / "two", database_env) as second,
+                httpx.Client(base_url=second.url, headers=headers, timeout=120) as two,
+            ):
+                seen = two.get("/api/v1/backends/cpu").json()
+                assert seen["urls"] == started["urls"] and seen["status"] == "healthy"
+                assert served_version(two, "tiny/1") == "tiny/1"
+            # The second server stopped; the first's backend still answers through the first.
+            assert served_version(one, "tiny/1") == "tiny/1"

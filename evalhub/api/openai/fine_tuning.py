@@ -6,6 +6,7 @@ extra body field `evalhub`; see `evalhub.finetune.protocol.EvalhubOptions`.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -19,6 +20,7 @@ from evalhub.finetune.protocol import (
     FineTuningJobEventList,
     FineTuningJobList,
 )
+from evalhub.iteration import checkpoints
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["openai: fine-tuning"])
 
@@ -27,7 +29,10 @@ router = APIRouter(prefix="/fine_tuning/jobs", tags=["openai: fine-tuning"])
 def create_fine_tuning_job(
     body: FineTuneJobCreate, platform: PlatformDep, principal: Editor
 ) -> FineTuningJob:
-    return service.job_view(service.create_job(platform, body, actor=principal.name))
+    job = service.create_job(
+        platform, body, actor=principal.name, plan_eval=partial(checkpoints.plan, platform)
+    )
+    return service.job_view(job)
 
 
 @router.get("")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from evalhub.api.deps import Editor, EventsAfter, Limit, PlatformDep, Viewer
 from evalhub.eval.compare import Comparison
@@ -28,6 +28,9 @@ router = APIRouter(prefix="/evals", tags=["evals"])
 
 class EvalImport(BaseModel):
     run: EvalRun
+    suite: str | None = Field(default=None, description="the suite's YAML, as the run loaded it")
+    filename: str = "suite.yaml"
+    dataset: str | None = Field(default=None, description="the suite's dataset file (JSONL)")
 
 
 @router.post("", status_code=202)
@@ -40,7 +43,13 @@ def start_eval(body: EvalRequest, platform: PlatformDep, principal: Editor) -> E
 @router.post("/import", status_code=201)
 def import_eval(body: EvalImport, platform: PlatformDep, principal: Editor) -> EvalRunInfo:
     """Records a run finished by the CLI against an endpoint (`evalhub eval run --endpoint`)."""
-    return EvalService(platform).import_run(body.run, actor=principal.name)
+    return EvalService(platform).import_run(
+        body.run,
+        actor=principal.name,
+        suite_text=body.suite,
+        filename=body.filename,
+        dataset_text=body.dataset,
+    )
 
 
 @router.get("")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel
 
-from evalhub.api.deps import Editor, NamePath, PlatformDep, Viewer
+from evalhub.api.deps import Editor, NamePath, PlatformDep, VersionPath, Viewer
 from evalhub.monitoring.controller import check_analysis
 from evalhub.monitoring.online import check_metrics
 from evalhub.serving.backends import Backend, BackendCreate, BackendService
@@ -17,9 +18,10 @@ from evalhub.serving.deployments import (
     DeploymentUpdate,
     RolloutAction,
 )
+from evalhub.serving.merge import ensure_merged
 from evalhub.serving.traffic import search_traffic
 from evalhub.serving.traffic_record import TrafficRecord
-from registry.entities import Page
+from registry.entities import ModelVersion, Page
 from registry.errors import invalid
 
 router = APIRouter()
@@ -117,6 +119,33 @@ def rollback_deployment(
 ) -> Deployment:
     """Restore the arms and weights the deployment had before its last change."""
     return DeploymentService(platform).rollback(name, actor=principal.name)
+
+
+class MergedVersion(BaseModel):
+    adapter: str
+    merged: ModelVersion
+    created: bool
+
+
+@router.post(
+    "/models/{name}/versions/{version}/merge",
+    tags=["models"],
+    responses={201: {"model": MergedVersion, "description": "merged by this call"}},
+)
+def merge_version(
+    name: NamePath,
+    version: VersionPath,
+    response: Response,
+    platform: PlatformDep,
+    principal: Editor,
+) -> MergedVersion:
+    """The adapter merged into its base (peft `merge_and_unload`), registered once as a base
+    version of `NAME-merged` with a `merged_into` lineage edge from the adapter: 201 when this
+    call merged it, 200 when the merge of these exact weights already existed."""
+    adapter = platform.registry.get_version(name, version)
+    result = ensure_merged(platform, adapter, actor=principal.name)
+    response.status_code = 201 if result.created else 200
+    return MergedVersion(adapter=adapter.ref, merged=result.version, created=result.created)
 
 
 @router.get("/traffic", tags=["traffic"])

@@ -1,7 +1,8 @@
 """DoRA: LoRA with a learned magnitude per output feature (peft `use_dora`).
 
 The local backend serves DoRA adapters as they are. vLLM refuses to load them (HTTP 500 from
-`/v1/load_lora_adapter`); merging them into a full model for vLLM is not built yet.
+`/v1/load_lora_adapter`); the serve plan (`evalhub.serving.serve_plan`) serves them there merged
+into their base instead.
 """
 
 from __future__ import annotations
@@ -27,5 +28,5 @@ register_method(
     options_type=DoraOptions,
     apply=apply_dora,
     output="adapter",
-    description="Weight-decomposed LoRA; the local backend serves it, vLLM refuses it.",
+    description="Weight-decomposed LoRA; the local backend serves it, vLLM serves it merged.",
 )

@@ -16,6 +16,7 @@ import itertools
 import os
 import threading
 import time
+import warnings
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,7 +177,10 @@ class LocalEngine:
 
     def _detach(self, internal_name: str) -> None:
         assert self._peft is not None
-        self._peft.delete_adapter(internal_name)
+        with warnings.catch_warnings():
+            # peft warns that the deleted adapter was active; the next lines choose another.
+            warnings.filterwarnings("ignore", message=r"Adapter .* was active which is now deleted")
+            self._peft.delete_adapter(internal_name)
         remaining = list(self._peft.peft_config)
         if remaining:
             # peft leaves a deleted adapter recorded as active; disable_adapter() then fails on it.
