@@ -7,8 +7,12 @@ change in the error rate does not read as a change in what the model writes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas loads in 0.5 s: only the functions that use it import it
+    import pandas as pd
 
 DESCRIPTORS = ("chars", "words", "non_letter_share", "lines")
 
@@ -16,6 +20,8 @@ DESCRIPTORS = ("chars", "words", "non_letter_share", "lines")
 def text_descriptors(texts: pd.Series, prefix: str) -> pd.DataFrame:
     """Length in characters and words, share of characters that are neither letters nor
     whitespace (code, JSON, numbers), and line count; one column `<prefix>_<descriptor>` each."""
+    import pandas as pd
+
     text = texts.astype("string")
     chars = text.str.len().astype(float)
     non_letters = text.str.count(r"[^\w\s]|[\d_]").astype(float)

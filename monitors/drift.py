@@ -28,12 +28,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from monitors.descriptors import text_descriptors
+
+if TYPE_CHECKING:  # pandas loads in 0.5 s: only the functions that use it import it
+    import pandas as pd
 
 ColumnKind = Literal["text_descriptor", "numeric", "categorical", "embedding"]
 
@@ -227,6 +229,8 @@ def _features(
 
 
 def _feature_frame(traffic: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     texts = [text_descriptors(traffic[column], prefix=column) for column in TEXT_COLUMNS]
     numeric = traffic[list(NUMERIC_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(float)
     categorical = traffic[list(CATEGORICAL_COLUMNS)].map(
@@ -267,6 +271,7 @@ def _checked_embeddings(
 def _embedding_drift(
     reference: np.ndarray, current: np.ndarray, options: DriftOptions
 ) -> ColumnDrift:
+    import pandas as pd
     from evidently.metrics.embeddings import ModelDriftMethod
 
     # Evidently's method holds out half of each window (test_size=0.5) to score its classifier.

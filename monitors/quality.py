@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas loads in 0.5 s: only the functions that use it import it
+    import pandas as pd
 
 GROUP_KEYS = ("deployment", "arm", "version")
 TRAFFIC_COLUMNS = (
@@ -160,6 +162,8 @@ def cost_per_day(traffic: pd.DataFrame) -> list[DailyCost]:
 
 
 def _traffic(traffic: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     missing = [column for column in TRAFFIC_COLUMNS if column not in traffic.columns]
     if missing:
         raise ValueError(f"the traffic frame lacks the columns {missing}")
@@ -175,6 +179,8 @@ def _traffic(traffic: pd.DataFrame) -> pd.DataFrame:
 
 
 def _named_scores(values: pd.DataFrame | None, frame_name: str, key: str) -> pd.DataFrame:
+    import pandas as pd
+
     columns = ["request_id", key, "score"]
     if values is None:
         return pd.DataFrame(columns=columns)
@@ -205,4 +211,6 @@ def _mean(values: pd.Series) -> float | None:
 
 def _key(value: Any) -> str | None:
     """A group key as the row holds it: pandas reads a missing one as NaN."""
+    import pandas as pd
+
     return None if pd.isna(value) else str(value)

@@ -35,13 +35,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from monitors.sequential import METHOD, confidence_sequence, slower_than_control_quantile
+
+if TYPE_CHECKING:  # pandas loads in 0.5 s: only the functions that use it import it
+    import pandas as pd
 
 Direction = Literal["higher_is_better", "lower_is_better"]
 Action = Literal["promote", "hold", "inconclusive", "rollback"]
@@ -297,6 +299,8 @@ def _clean(values: npt.ArrayLike) -> Values:
 
 
 def _failed(traffic: pd.DataFrame) -> Values:
+    import pandas as pd
+
     failed = (pd.to_numeric(traffic["status"], errors="coerce") >= 400) | traffic["error"].notna()
     return np.asarray(failed, dtype=float)
 

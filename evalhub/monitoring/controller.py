@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
@@ -43,6 +43,9 @@ from registry.entities import Mutation, Page
 from registry.errors import RegistryError, invalid
 from registry.paging import decode_page_token, fetch_page, page_of
 from registry.tables import utcnow
+
+if TYPE_CHECKING:  # pandas loads in 0.5 s: only the functions that use it import it
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,9 @@ import secrets
 import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Table, func
 from sqlmodel import Session, col, select
@@ -35,6 +34,9 @@ from registry.db import writer
 from registry.entities import Mutation, Page
 from registry.errors import invalid, not_found
 from registry.paging import decode_page_token, fetch_page, page_of
+
+if TYPE_CHECKING:  # pandas loads in 0.5 s: only the functions that use it import it
+    import pandas as pd
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 EMBEDDINGS: Table = PromptEmbeddingRow.__table__  # type: ignore[attr-defined]
@@ -275,6 +277,8 @@ def _sample_first(frame: pd.DataFrame, n: int) -> pd.DataFrame:
 
 def _described(window: Window, frame: pd.DataFrame) -> dict[str, Any]:
     """The window as asked for, and the time range and size of what it held."""
+    import pandas as pd
+
     described = window.model_dump(mode="json", exclude_none=True)
     described["rows"] = len(frame)
     times = frame["created_at"].dropna()
@@ -287,6 +291,8 @@ def _described(window: Window, frame: pd.DataFrame) -> dict[str, Any]:
 def dataset_frame(platform: Platform, ref: str) -> pd.DataFrame:
     """A dataset version as traffic: the last user message as the prompt, and the last assistant
     message (chat) or the expected answer (eval) as the response."""
+    import pandas as pd
+
     path = platform.registry.dataset_path(ref)
     rows = []
     with path.open(encoding="utf-8") as handle:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import sqlalchemy as sql
 from sqlmodel import col
 
@@ -17,11 +16,16 @@ from evalhub.platform import Platform
 from evalhub.serving.tables import TrafficRow
 from monitors.quality import TRAFFIC_COLUMNS as NUMBERS
 
+if TYPE_CHECKING:  # pandas loads in 0.5 s: only the functions that use it import it
+    import pandas as pd
+
 #: The columns `monitors` reads, and the texts that drift checks describe.
 TRAFFIC_COLUMNS = [*NUMBERS, "prompt", "response"]
 
 
 def traffic_frame(rows: Sequence[TrafficRow]) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.DataFrame(
         [
             {
@@ -65,6 +69,8 @@ def window_frame(
 ) -> pd.DataFrame:
     """A deployment's records in [since, until), without their texts: what quality and cost
     read, straight from the columns (no request JSON is parsed)."""
+    import pandas as pd
+
     names = ["id", *NUMBERS[1:]]
     query = sql.select(*[col(getattr(TrafficRow, name)) for name in names]).where(
         col(TrafficRow.deployment) == deployment,
@@ -114,6 +120,8 @@ def _values(
 ) -> pd.DataFrame:
     """(request_id, name, score) rows of scores or feedback, by request ids (a chunk of ids at
     a time: PostgreSQL takes 65,535 parameters) or by deployment and time."""
+    import pandas as pd
+
     key = col(table.request_id)
     query = sql.select(key, col(getattr(table, name)), col(table.score)).where(
         col(table.score).is_not(None)

@@ -47,6 +47,7 @@ SKIP_REASONS = {
 
 _DIRECTIVE = re.compile(r"<!--\s*docs-test:\s*(?P<verb>\w+)\s*(?P<arg>[^>]*?)\s*-->")
 _HEADING = re.compile(r"^(#{2,3}) (.+)$")
+_FILE_NAME = re.compile(r"# ([\w./-]+\.ya?ml)(?:\s|$)")
 
 
 @dataclass
@@ -141,9 +142,8 @@ def parse(path: Path = README) -> list[Section]:
                     section.steps.append(Step("shell", text, first + offset))
         elif language == "python":
             section.steps.append(Step("python", "\n".join(body), first))
-        elif language == "yaml" and body and re.fullmatch(r"# [\w.-]+", body[0].split("  ")[0]):
-            name = body[0].split()[1]
-            section.steps.append(Step("file", "\n".join(body) + "\n", first, path=name))
+        elif language == "yaml" and body and (named := _FILE_NAME.match(body[0])):
+            section.steps.append(Step("file", "\n".join(body) + "\n", first, path=named[1]))
         directive = None
         index = end + 1
     merged: list[Section] = []
@@ -331,8 +331,9 @@ class _Process:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _group_alive(group):
-            time.sleep(0.1)
+        # The leader stays a zombie, and its group alive, until it is reaped: poll reaps it.
+        while time.monotonic() < deadline and (self.popen.poll() is None or _group_alive(group)):
+            time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
         self.popen.wait(timeout=10)

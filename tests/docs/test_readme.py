@@ -35,9 +35,6 @@ SECTIONS = parse()
 # stays open while any is listed).
 NOT_YET_RUN = {
     "Fine-tuning, the managed-service way",
-    "Checkpoints picked by the held-out suite, not by the loss",
-    "Experiments: a sweep ranked on the held-out suite",
-    "Reproduce any version",
     "The serve plan: adapters vLLM cannot load, served merged",
     "Serving: backends, the gateway, A/B deployments",
     "Monitoring: feedback, drift, quality, cost, alerts and the rollout controller",
