@@ -32,7 +32,7 @@ BAD = [
     {"messages": [{"role": "user", "content": "upper: cat dog"}]},
     "{not json",
     {"messages": [{"role": "user", "content": "upper: sun"}]},
-    "",
+    "not json at all",
     {"messages": [{"role": "system", "content": "You shout."}]},
 ]
 

@@ -11,8 +11,8 @@ Python block before it printed.
 What the README shows is checked line by line, in order (a shown line may skip printed lines; `…`
 and `...` stand for lines left out). Names the run mints (`evalrun-…`, `ftjob-…`, tokens) are
 bound on first sight and substituted into later commands and code; numbers (scores, losses,
-timings, sizes), digests and timestamps may differ; every other character must match, apart from
-the width of table rules and padding.
+timings, sizes), digests and timestamps may differ, except the whole numbers of a line that binds
+a name; every other character must match, apart from the width of table rules and padding.
 
 An HTML comment `<!-- docs-test: skip REASON -->` right before a block leaves it out; only the
 reasons in SKIP_REASONS are accepted. `<!-- docs-test: continues -->` in a section's text makes
@@ -186,24 +186,31 @@ def normalize(line: str) -> str:
 
 
 def _pattern(expected: str, names: dict[str, str]) -> tuple[re.Pattern[str], list[tuple[int, str]]]:
-    """A regex for a shown line, and which of its groups are minted names not yet bound."""
+    """A regex for a shown line, and which of its groups are minted names.
+
+    A line that first shows a name binds it, so it must be the right line: there, whole numbers
+    (a step, a trial, a count) must be the ones shown; elsewhere any number will do.
+    """
     text = normalize(expected)
+    found_all = list(_VARIABLE.finditer(text))
+    binding = any(m.lastgroup == "id" and m.group() not in names for m in found_all)
     parts: list[str] = []
     binds: list[tuple[int, str]] = []
     position = 0
-    for group, found in enumerate(_VARIABLE.finditer(text), start=1):
+    for group, found in enumerate(found_all, start=1):
         parts.append(_literal(text[position : found.start()]))
         kind = found.lastgroup or "number"
         if kind == "id" and found.group() in names:
             parts.append(f"({re.escape(names[found.group()])})")
+        elif kind == "number" and binding and re.fullmatch(r"[-+]?\d+", found.group()):
+            parts.append(f"({re.escape(found.group())})")
         else:
             parts.append(f"({_CLASS[kind]})")
         if kind == "id":
             binds.append((group, found.group()))
         position = found.end()
     parts.append(_literal(text[position:]))
-    pattern = "".join(parts)
-    return re.compile(pattern), binds
+    return re.compile("".join(parts)), binds
 
 
 def _literal(text: str) -> str:
@@ -248,7 +255,7 @@ def substitute(text: str, names: dict[str, str]) -> str:
 
 def expected_status(step: Step, following: Step | None) -> int | None:
     """The exit status the README shows for a command (None: any), 0 unless it shows otherwise."""
-    for line in step.expected:
+    for line in [step.text, *step.expected]:
         found = re.search(r"#\s*exit status (\d+)\s*$", line)
         if found:
             return int(found.group(1))

@@ -34,7 +34,6 @@ SECTIONS = parse()
 # commands are made to run from a fresh directory (the issue that asks for the tested README
 # stays open while any is listed).
 NOT_YET_RUN = {
-    "Fine-tuning, the managed-service way",
     "The serve plan: adapters vLLM cannot load, served merged",
     "Serving: backends, the gateway, A/B deployments",
     "Monitoring: feedback, drift, quality, cost, alerts and the rollout controller",
@@ -156,6 +155,10 @@ def test_a_shown_line_must_be_printed_in_order_with_names_bound() -> None:
         check(["created ftjob-ffffffffffffffffffffffff (60 stepz)"], printed, {}, "here")
     with pytest.raises(Mismatch):  # out of order
         check(["done", "loss 1.25 in 0:00:07"], printed, {}, "here")
+    steps = "step 50: run evalrun-111111111111111111111111\nstep 400: run evalrun-444444444444444444444444"
+    bound: dict[str, str] = {}
+    check(["step 400: run evalrun-aaaaaaaaaaaaaaaaaaaaaaaa"], steps, bound, "here")
+    assert bound == {"evalrun-aaaaaaaaaaaaaaaaaaaaaaaa": "evalrun-444444444444444444444444"}
     with pytest.raises(Mismatch):  # one shown name, two printed ones
         check(
             ["a evalrun-aaaaaaaaaaaaaaaaaaaaaaaa", "b evalrun-aaaaaaaaaaaaaaaaaaaaaaaa"],
