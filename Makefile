@@ -40,11 +40,13 @@ lint: install
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-# Two test processes pay on CI's 2 cores (the tiny models are built once and shared; a third
-# process measured no faster: 10:14 against 10:18 of pytest, each test slower); each
-# xdist_group stays on one of them (--dist loadgroup), so one vLLM server and one seeded
-# dashboard server start. pytest 9.2 broke xdist 3.8's grouping; tests/conftest.py mends it.
-PYTEST_WORKERS ?= 2
+# Three test processes on CI's 2 cores: many tests wait on servers, jobs and followers, and a
+# third process fills those waits (fresh clone, same commit, 2026-12-05: pytest 14:29 with three
+# against 14:57 with two; an earlier suite measured no difference). The tiny models are built
+# once and shared; each xdist_group stays on one process (--dist loadgroup), so one vLLM server
+# and one seeded dashboard server start. pytest 9.2 broke xdist 3.8's grouping;
+# tests/conftest.py mends it.
+PYTEST_WORKERS ?= 3
 
 unit: install vllm browser smollm2
 	EVALHUB_TEST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m pytest -q \
