@@ -74,7 +74,6 @@ class Section:
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
     # `<!-- docs-test: continues -->` in a section's text: it goes on in the session before it.
     continues: bool = False
-    parts: list[str] = field(default_factory=list)  # the titles of the sections that continue it
 
 
 def _console_steps(lines: list[str], first_line: int, steps: list[Step]) -> None:
@@ -153,7 +152,6 @@ def parse(path: Path = README) -> list[Section]:
         if section.continues and merged:
             merged[-1].steps += section.steps
             merged[-1].skipped += section.skipped
-            merged[-1].parts.append(section.title)
         else:
             merged.append(section)
     return merged
