@@ -9,7 +9,6 @@ appends each step, what it printed and where it differs from the README to FILE,
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -189,4 +188,3 @@ def test_a_session_keeps_its_variables_status_and_python(tmp_path: Path) -> None
         assert "ready" in wait_for(log, ["ready"], {}, "here", 30)
     finally:
         session.close()
-    assert shutil.which("bash")
