@@ -130,7 +130,7 @@ def register_directory(
 ) -> dict:
     """Packs a directory, uploads it with a progress bar and registers it as the next version."""
     with tempfile.TemporaryDirectory(prefix="evalhub-") as work:
-        archive = pack_directory(directory, Path(work) / "upload.tar.gz")
+        archive = pack_directory(directory, Path(work) / "upload.tar")
         fields_ = {
             "base": base,
             "description": description,

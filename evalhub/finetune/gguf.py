@@ -8,8 +8,10 @@ the trainer, the local backend and vLLM all load.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +54,36 @@ def read_gguf(gguf: Path) -> tuple[Any, Any]:
     if importlib.util.find_spec("gguf") is None:
         raise GgufError("reading GGUF files needs the gguf package: pip install gguf")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        # transformers draws a tqdm bar of its own while it dequantizes; the CLI shows a status.
-        with contextlib.redirect_stderr(io.StringIO()):
-            model = AutoModelForCausalLM.from_pretrained(
-                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-            )
+        with _parsed_once():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            # transformers draws a tqdm bar of its own while it dequantizes; the CLI shows a status.
+            with contextlib.redirect_stderr(io.StringIO()):
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+                )
     except (ValueError, OSError, KeyError) as error:
         raise GgufError(f"{gguf}: not a GGUF model transformers can read: {error}") from None
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _parsed_once() -> Iterator[None]:
+    """One parse of the file and one tensor name map for a whole conversion.
+
+    transformers parses the file anew for the tokenizer, the config and the weights, and rebuilds
+    gguf's tensor name map for every module of the model: more than half of SmolLM2's conversion.
+    Both are pure functions of their arguments (the reader maps the file read-only), so for the
+    length of one conversion the gguf module hands out the first result again.
+    """
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader = functools.cache(reader)  # type: ignore[misc,assignment]
+    gguf.get_tensor_name_map = functools.cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map  # type: ignore[misc]
 
 
 def write_directory(model: Any, tokenizer: Any, out_dir: Path) -> Path:

@@ -138,7 +138,7 @@ def test_save_stream(tmp_path: Path) -> None:
 
 
 def test_pack_and_extract_round_trip_byte_for_byte(model_dir: Path, tmp_path: Path) -> None:
-    archive = pack_directory(model_dir, tmp_path / "upload.tar.gz")
+    archive = pack_directory(model_dir, tmp_path / "upload.tar")
     with tarfile.open(archive) as tar:
         assert all(m.isreg() for m in tar.getmembers())
         assert all(m.name.startswith("my-model/") for m in tar.getmembers())
@@ -148,7 +148,7 @@ def test_pack_and_extract_round_trip_byte_for_byte(model_dir: Path, tmp_path: Pa
 
 
 def test_format_is_detected_by_content_not_name(model_dir: Path, tmp_path: Path) -> None:
-    archive = pack_directory(model_dir, tmp_path / "upload.zip")  # a tar.gz in disguise
+    archive = pack_directory(model_dir, tmp_path / "upload.zip")  # a tar in disguise
     extracted = extract_archive(archive, tmp_path / "dest", max_bytes=LIMIT, max_members=100)
     assert files_of(extracted) == files_of(model_dir)
 
@@ -362,8 +362,8 @@ def test_not_an_archive_and_damaged_archives_are_refused(model_dir: Path, tmp_pa
     junk.write_bytes(os.urandom(4096))
     assert "neither a tar" in refused(junk, tmp_path / "dest", ErrorCode.INVALID_ARGUMENT).message
 
-    whole = pack_directory(model_dir, tmp_path / "whole.tgz").read_bytes()
-    cut = tmp_path / "cut.tgz"
+    whole = pack_directory(model_dir, tmp_path / "whole.tar").read_bytes()
+    cut = tmp_path / "cut.tar"
     cut.write_bytes(whole[: len(whole) // 2])
     assert "damaged" in refused(cut, tmp_path / "dest", ErrorCode.INVALID_ARGUMENT).message
 

@@ -34,13 +34,10 @@ SECTIONS = parse()
 # stays open while any is listed).
 NOT_YET_RUN = {
     "The serve plan: adapters vLLM cannot load, served merged",
-    "Serving: backends, the gateway, A/B deployments",
     "Monitoring: feedback, drift, quality, cost, alerts and the rollout controller",
     "Human evaluation: people's labels, and how far the judge agrees",
     "The dashboard and the event stream",
-    "Several servers on one PostgreSQL",
     "A worker elsewhere",
-    "Artifacts on S3",
     "Several GPUs on one machine",
     "A Ray cluster",
     "vLLM on GPUs",
