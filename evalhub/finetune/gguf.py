@@ -75,15 +75,13 @@ def _parsed_once() -> Iterator[None]:
     Both are pure functions of their arguments (the reader maps the file read-only), so for the
     length of one conversion the gguf module hands out the first result again.
     """
-    import gguf
-
+    gguf: Any = importlib.import_module("gguf")  # an optional package: `make smollm2` adds it
     reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
-    gguf.GGUFReader = functools.cache(reader)  # type: ignore[misc,assignment]
-    gguf.get_tensor_name_map = functools.cache(name_map)
+    gguf.GGUFReader, gguf.get_tensor_name_map = functools.cache(reader), functools.cache(name_map)
     try:
         yield
     finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map  # type: ignore[misc]
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
 
 
 def write_directory(model: Any, tokenizer: Any, out_dir: Path) -> Path:
