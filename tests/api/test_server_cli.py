@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from evalhub.child_server import child_server
+from tests.conftest import DATABASES
 
 
 class Server:
@@ -46,6 +47,8 @@ def server(tmp_path: Path, database_url: str) -> Iterator[Server]:
         yield Server(child.url, child.token, child.env)
 
 
+# On PostgreSQL: the docs test runs the README's CLI-through-a-server sessions on SQLite.
+@pytest.mark.parametrize("database_url", DATABASES[1:], indirect=True)
 def test_readme_flow_through_cli_and_server(server: Server, model_dirs, tmp_path: Path) -> None:
     editor = (
         server.cli("token", "create", "--name", "ci", "--role", "editor")
