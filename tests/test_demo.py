@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -48,10 +49,18 @@ def test_the_demo_runs_the_loop_and_leaves_it_inspectable(demo_home: Path) -> No
     measured = json.loads((home / "work" / "summary.json").read_text())
     dashboard = measured["dashboard"]
     try:
-        # 8. The dashboard it started answers, on the demo's home, after the demo ended.
+        # 8. The dashboard it started answers, on the demo's home, after the demo ended; the
+        # command the demo prints stops it, with the server it started.
         assert httpx.get(f"{dashboard['url']}/_stcore/health", timeout=10).text == "ok"
+        assert f"evalhub demo --home {home} --stop" in " ".join(output.split())
+        stop = [sys.executable, "-m", "evalhub", "demo", "--home", str(home), "--stop"]
+        stopped = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=60)
+        assert "stopped the demo's dashboard" in stopped.stdout, stopped.stdout + stopped.stderr
+        with pytest.raises(ProcessLookupError):
+            os.killpg(dashboard["pid"], 0)
     finally:
-        os.killpg(dashboard["pid"], signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(dashboard["pid"], signal.SIGTERM)
     # 3. Both jobs scored their checkpoints on the suite; the experiment's winner is a candidate.
     assert output.count("Selected step") == 2 and "exact_match on the suite" in output
     winner = measured["winner"]

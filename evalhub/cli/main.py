@@ -111,12 +111,19 @@ def demo(
     quick: Annotated[
         bool, typer.Option(help="Fewer examples, steps and requests (the end-to-end test's size)")
     ] = False,
+    stop: Annotated[
+        bool, typer.Option(help="Stop the dashboard the last demo on --home left running, and exit")
+    ] = False,
 ) -> None:
     """Run the whole loop offline on CPU: on a tiny model in a few minutes, or on SmolLM2."""
     from pathlib import Path
 
-    from evalhub.demo import DemoFailed, run_demo
+    from evalhub.demo import DemoFailed, run_demo, stop_dashboard
 
+    if stop:
+        stopped = stop_dashboard(Path(home) / "work")
+        console.print("stopped the demo's dashboard" if stopped else f"no dashboard runs on {home}")
+        return
     if model not in ("tiny", "smollm2"):
         fail(f"--model {model}: use tiny or smollm2")
     try:

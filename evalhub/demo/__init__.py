@@ -1,8 +1,9 @@
 """`evalhub demo`: the whole loop offline on CPU, on a tiny model or on SmolLM2-135M-Instruct,
 with the commands users type (`run_demo`)."""
 
+from evalhub.demo.dashboard import stop_dashboard
 from evalhub.demo.profiles import QUICK
 from evalhub.demo.run import run_demo
 from evalhub.demo.shell import DemoFailed
 
-__all__ = ["QUICK", "DemoFailed", "run_demo"]
+__all__ = ["QUICK", "DemoFailed", "run_demo", "stop_dashboard"]

@@ -47,27 +47,29 @@ def start_dashboard(home: Path, work: Path) -> dict[str, Any]:
             process.kill()
             raise DemoFailed("the dashboard did not answer within 180 s")
         time.sleep(0.5)
-    say(f"the dashboard is up at [bold]{url}[/] (pid {process.pid}, log "
-         f"{_shown(work / 'dashboard.log')}); stop it with: kill {process.pid}")  # fmt: skip
+    say(f"the dashboard is up at [bold]{url}[/] (log {_shown(work / 'dashboard.log')}); stop it "
+        f"with: evalhub demo --home {_shown(work.parent)} --stop")  # fmt: skip
     return {"url": url, "pid": process.pid}
 
 
-def stop_dashboard(work: Path) -> None:
-    """Stops the dashboard an earlier demo left running on this home, before the home goes."""
+def stop_dashboard(work: Path) -> bool:
+    """Stops the dashboard an earlier demo left running on this home (and the server it started);
+    False when none was running."""
     import signal
 
     try:
         pid = json.loads((work / "summary.json").read_text())["dashboard"]["pid"]
         os.killpg(pid, signal.SIGTERM)  # its own session: the dashboard and the server it started
     except (OSError, ValueError, KeyError):
-        return
+        return False
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
             os.killpg(pid, 0)
         except OSError:
-            return
+            break
         time.sleep(0.2)
+    return True
 
 
 def _port_is_free(port: int) -> bool:
