@@ -46,7 +46,7 @@ lint: install
 # once and shared; each xdist_group stays on one process (--dist loadgroup), so one vLLM server
 # and one seeded dashboard server start. pytest 9.2 broke xdist 3.8's grouping;
 # tests/conftest.py mends it.
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 
 unit: install vllm browser smollm2
 	EVALHUB_TEST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m pytest -q \

@@ -43,7 +43,9 @@ class Client:
 
     @classmethod
     @contextmanager
-    def connect(cls, settings: Settings | None = None) -> Iterator[Client]:
+    def connect(cls, settings: Settings | None = None, *, worker: bool = False) -> Iterator[Client]:
+        """A client of EVALHUB_URL's server, or in-process of the local home; there `worker` runs
+        a job worker in the app, sharing its queue, so a job submitted is claimed at once."""
         settings = settings or Settings()
         if settings.url:
             headers = {}
@@ -59,7 +61,7 @@ class Client:
         from evalhub.auth.tokens import Principal, Role
 
         principal = Principal(name=f"local:{getpass.getuser()}", role=Role.ADMIN)
-        app = create_app(settings, local_principal=principal)
+        app = create_app(settings, local_principal=principal, run_worker=worker)
         with TestClient(app, base_url="http://evalhub.local", raise_server_exceptions=True) as http:
             # starlette's TestClient is an httpx2.Client: httpx's interface, another class.
             yield cls(cast(httpx.Client, http))

@@ -32,9 +32,14 @@ POSTGRES_URL = os.environ.get(
 DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
-# The longest modules start first: at the end of the run they would keep one worker busy while the
-# other has nothing left to take.
-FIRST = ("tests/test_demo.py", "tests/serving/test_vllm.py")
+# The longest tests start first: at the end of the run they would keep one worker busy while the
+# others have nothing left to take (a prefix of node ids: a module, or one test of it).
+FIRST = (
+    "tests/test_demo.py",
+    "tests/docs/test_readme.py::test_readme_section[Fine-tuning",
+    "tests/dashboard/test_annotate_cli.py",
+    "tests/serving/test_vllm.py",
+)
 
 
 def _start_order(item: pytest.Item) -> int:

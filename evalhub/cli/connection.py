@@ -14,16 +14,5 @@ from evalhub.settings import Settings
 def connected(settings: Settings, worker: bool = False, error_code: int = 1) -> Iterator[Client]:
     """A client; without EVALHUB_URL (in-process mode) optionally a local worker that runs jobs.
     An API error ends the command with one line and exit status `error_code`."""
-    with api_errors(error_code), Client.connect(settings) as client:
-        if not worker or settings.url:
-            yield client
-            return
-        from evalhub import composition
-
-        platform = composition.open_platform(settings)
-        runner = composition.worker(platform, poll_seconds=0.5).start()
-        try:
-            yield client
-        finally:
-            runner.stop()
-            platform.close()
+    with api_errors(error_code), Client.connect(settings, worker=worker) as client:
+        yield client

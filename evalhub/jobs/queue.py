@@ -7,6 +7,7 @@ queue and its handler resumes from its own checkpoints.
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -70,6 +71,17 @@ class JobQueue:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = writer(engine)
+        # Set when this process queues a job, so its own workers claim it at once instead of at
+        # their next poll; workers elsewhere still find it by polling.
+        self._queued = threading.Event()
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Returns when this process queues a job (or `wake` is called), or after `timeout`."""
+        self._queued.wait(timeout)
+        self._queued.clear()
+
+    def wake(self) -> None:
+        self._queued.set()
 
     def submit(
         self,
@@ -92,7 +104,9 @@ class JobQueue:
             session.flush()
             session.add(JobEventRow(job_id=job_id, message=message or f"{kind} job created"))
             session.commit()
-            return _job(row)
+        if status is JobStatus.QUEUED:
+            self.wake()
+        return _job(row)
 
     def get(self, job_id: str, *, kind: str | None = None, noun: str = "job") -> Job:
         """The job; with `kind`, a job of another kind is as missing as no job ("no {noun} ...")."""
@@ -174,7 +188,9 @@ class JobQueue:
             if message:
                 session.add(JobEventRow(job_id=job_id, message=message))
             session.commit()
-            return _job(row)
+        if status is JobStatus.QUEUED:
+            self.wake()
+        return _job(row)
 
     def cancel(self, job_id: str, *, actor: str = "") -> Job:
         """A queued job is cancelled at once; a running one is asked to stop at its next check."""
@@ -270,7 +286,8 @@ class JobQueue:
             session.add(row)
             session.add(JobEventRow(job_id=job_id, message=message))
             session.commit()
-            return _job(row)
+        self.wake()
+        return _job(row)
 
     def requeue_stale(self, older_than: timedelta) -> list[str]:
         """Running jobs whose worker stopped heartbeating go back to the queue."""

@@ -85,6 +85,7 @@ class Worker:
 
     def stop(self, timeout: float | None = 30) -> None:
         self._stop.set()
+        self.queue.wake()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -95,8 +96,8 @@ class Worker:
             except Exception:  # a broken database must not kill the worker thread
                 log.exception("worker loop failed")
                 worked = False
-            if not worked:
-                self._stop.wait(self.poll_seconds)
+            if not worked and not self._stop.is_set():
+                self.queue.wait_for_work(self.poll_seconds)
 
     def run_once(self) -> bool:
         """Claims and runs at most one job; returns whether there was one."""

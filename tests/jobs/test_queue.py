@@ -59,6 +59,22 @@ def test_worker_runs_handlers_and_records_events(queue: JobQueue) -> None:
     )
 
 
+def test_a_job_queued_in_this_process_wakes_its_idle_worker(queue: JobQueue) -> None:
+    """A worker polling once an hour still starts a job this process queues, and stops when
+    asked: it waits on the queue, not on the clock."""
+    started = threading.Event()
+    worker = Worker(queue, {"echo": lambda context: started.set()}, poll_seconds=3600).start()
+    try:
+        time.sleep(0.2)  # the worker has found nothing and waits
+        queue.submit("echo", {})
+        assert started.wait(30), "the queued job was not claimed"
+    finally:
+        stopping = threading.Thread(target=worker.stop)
+        stopping.start()
+        stopping.join(30)
+        assert not stopping.is_alive(), "the worker did not stop while waiting for work"
+
+
 def test_cancel_queued_and_running(queue: JobQueue) -> None:
     queued = queue.submit("slow", {})
     assert queue.cancel(queued.id).status is JobStatus.CANCELLED
