@@ -5,7 +5,9 @@
 serves /v1/chat/completions for four "models" that answer the capitals suite
 (examples/suites/capitals.yaml) from a script: good-model knows every capital, base-model misses
 two, bad-model misses eight, and asia-model misses every Asian one. Any other model name answers
-like base-model. Real HTTP, real OpenAI response bodies; only the answers are scripted.
+like base-model. A fifth, judge-model, grades as an `llm_judge` rubric judge would: 5 for an
+answer that is the reference, 1 for any other. Real HTTP, real OpenAI response bodies; only the
+answers are scripted.
 """
 
 from __future__ import annotations
@@ -30,7 +32,21 @@ MISSES = {
 }
 
 
+JUDGE = "judge-model"
+
+
+def grade(prompt: str) -> str:
+    """The judge's verdict on an `llm_judge` rubric prompt (its reference and response)."""
+    reference = prompt.partition("Reference answer:\n")[2].partition("\n\n")[0]
+    response = prompt.partition("Response to grade:\n")[2].partition("\n\nGrade the")[0]
+    if reference and response.strip() == reference.strip():
+        return "The response is the reference answer.\nSCORE: 5"
+    return "The response is not the reference answer.\nSCORE: 1"
+
+
 def answer(model: str, question: str) -> str:
+    if model == JUDGE:
+        return grade(question)
     country = question.removeprefix("What is the capital of ").removesuffix("?")
     if country not in CAPITALS or country in MISSES.get(model, MISSES["base-model"]):
         return "I am not sure."
@@ -44,7 +60,8 @@ def app() -> Any:
 
     @server.get("/v1/models")
     def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": name, "object": "model"} for name in MISSES]}
+        names = [*MISSES, JUDGE]
+        return {"object": "list", "data": [{"id": name, "object": "model"} for name in names]}
 
     @server.post("/v1/chat/completions")
     def chat(body: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +95,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=18888)
     port = parser.parse_args().port
-    print(f"scripted models {', '.join(MISSES)} at http://127.0.0.1:{port}/v1", flush=True)
+    names = ", ".join([*MISSES, JUDGE])
+    print(f"scripted models {names} at http://127.0.0.1:{port}/v1", flush=True)
     uvicorn.run(app(), host="127.0.0.1", port=port, access_log=False)
 
 
