@@ -35,7 +35,6 @@ SECTIONS = parse()
 NOT_YET_RUN = {
     "The serve plan: adapters vLLM cannot load, served merged",
     "Monitoring: feedback, drift, quality, cost, alerts and the rollout controller",
-    "The dashboard and the event stream",
     "A worker elsewhere",
     "Several GPUs on one machine",
     "A Ray cluster",
