@@ -80,7 +80,7 @@ browser:
 
 # Every CPU benchmark; each prints a table and writes bench/results/NAME.json.
 bench: install vllm
-	for name in registry gateway hotswap serveplan eval_metrics finetune_cpu monitor experiment; do \
+	for name in registry gateway hotswap serveplan dora_cache eval_metrics finetune_cpu monitor experiment; do \
 		$(PY) bench/$$name.py || exit 1; \
 	done
 

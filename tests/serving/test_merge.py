@@ -140,3 +140,47 @@ def test_the_merge_route_merges_then_reuses(  # type: ignore[no-untyped-def]
     assert (again.status_code, again.json()["created"]) == (200, False)
     assert first.json()["merged"]["ref"] == again.json()["merged"]["ref"] == "upper-merged/1"
     assert base.status_code == 400 and "only an adapter can be merged" in base.text
+
+
+def test_a_dora_adapter_reloaded_in_place_answers_with_its_new_weights(
+    vllm_sized_base: Path, dora_adapter: Path, tmp_path: Path
+) -> None:
+    """The local engine keeps each DoRA adapter's weight norms between tokens (peft's DoRA
+    cache): a reload under the same name must answer from the new weights, never the old norms."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from evalhub.serving.local.engine import LocalEngine
+    from evalhub.serving.local.generation import GenerationRequest, SamplingParams
+
+    torch.manual_seed(3)
+    other = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(vllm_sized_base),
+        LoraConfig(r=8, lora_alpha=16, use_dora=True, target_modules=["q_proj", "v_proj"]),
+    )
+    with torch.no_grad():
+        for name, parameter in other.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    other.save_pretrained(tmp_path / "other")
+
+    def answers(engine: LocalEngine) -> list[str]:
+        return [
+            engine.generate(
+                GenerationRequest(
+                    adapter="bot",
+                    messages=[{"role": "user", "content": prompt}],
+                    sampling=SamplingParams(max_tokens=12, temperature=0),
+                )
+            ).text
+            for prompt in PROMPTS
+        ]
+
+    engine = LocalEngine(vllm_sized_base, device="cpu")
+    engine.load_adapter("bot", dora_adapter)
+    trained = answers(engine)
+    engine.load_adapter("bot", tmp_path / "other", load_inplace=True)
+    reloaded = answers(engine)
+    assert trained == _answers(vllm_sized_base, dora_adapter)
+    assert reloaded == _answers(vllm_sized_base, tmp_path / "other") != trained

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from peft.helpers import DoraCaching
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from evalhub.sampling import SamplingParams
@@ -68,6 +69,14 @@ class LocalEngine:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # float32 on CPU: bf16 matmuls there are slow and greedy answers drift from reference runs.
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        if self.device.type == "cpu":
+            # peft recomputes each DoRA layer's weight norm (from base + B·A) at every forward, so
+            # every generated token: 5.8x slower answers on SmolLM2. Its cache keeps them per
+            # adapter in eval mode (adapters here are never trained; an unloaded one takes its
+            # cache along), at the cost of one B·A per adapted matrix: on CPU, for the small
+            # models served here, memory to spare; on a GPU, where that is a large model's
+            # weights again, it stays off. A process-wide switch; training mode bypasses it.
+            DoraCaching()(enabled=True)
         self.allowed_root = Path(allowed_root).resolve() if allowed_root is not None else None
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.base_dir))
         base = AutoModelForCausalLM.from_pretrained(str(self.base_dir), dtype=self.dtype)
