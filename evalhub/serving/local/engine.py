@@ -71,7 +71,7 @@ class LocalEngine:
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         if self.device.type == "cpu":
             # peft recomputes each DoRA layer's weight norm (from base + B·A) at every forward, so
-            # every generated token: 5.8x slower answers on SmolLM2. Its cache keeps them per
+            # every generated token: 5x slower answers on SmolLM2. Its cache keeps them per
             # adapter in eval mode (adapters here are never trained; an unloaded one takes its
             # cache along), at the cost of one B·A per adapted matrix: on CPU, for the small
             # models served here, memory to spare; on a GPU, where that is a large model's
