@@ -18,7 +18,7 @@ import yaml
 
 from evalhub.auth.tokens import create_token
 from evalhub.child_server import child_server
-from evalhub.demo import QUICK
+from evalhub.demo import QUICK, demo_files
 from evalhub.platform import Platform
 from evalhub.settings import Settings
 
@@ -46,7 +46,7 @@ def test_the_demo_runs_the_loop_and_leaves_it_inspectable(demo_home: Path) -> No
     )  # fmt: skip
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
-    measured = json.loads((home / "work" / "summary.json").read_text())
+    measured = json.loads((demo_files(home) / "summary.json").read_text())
     dashboard = measured["dashboard"]
     try:
         # 8. The dashboard it started answers, on the demo's home, after the demo ended; the
@@ -99,7 +99,7 @@ def test_the_demo_runs_the_loop_and_leaves_it_inspectable(demo_home: Path) -> No
         "eval",
         QUICK.shifted_requests,
     )
-    gate = json.loads((home / "work" / "gate.json").read_text())
+    gate = json.loads((demo_files(home) / "gate.json").read_text())
     assert gate["decision"] == "pass" and gate["exit_code"] == 0
 
 
@@ -121,8 +121,8 @@ def test_the_ci_workflow_and_the_pytest_plugin_gate_the_demos_models(
     platform = Platform.open(Settings(home=demo_home / "home", _env_file=None))
     token = create_token(platform.engine, "ci", "editor", actor="test")[1]
     platform.close()
-    suite = demo_home / "work" / "suite.yaml"
-    winner = json.loads((demo_home / "work" / "summary.json").read_text())["winner"]
+    suite = demo_files(demo_home) / "suite.yaml"
+    winner = json.loads((demo_files(demo_home) / "summary.json").read_text())["winner"]
     # The workflow runs `evalhub` from PATH, as a runner that pip-installed it would.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     with child_server(demo_home / "home") as server:  # restarts the demo's backend

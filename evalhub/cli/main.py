@@ -121,7 +121,7 @@ def demo(
     from evalhub.demo import DemoFailed, run_demo, stop_dashboard
 
     if stop:
-        stopped = stop_dashboard(Path(home) / "work")
+        stopped = stop_dashboard(Path(home))
         console.print("stopped the demo's dashboard" if stopped else f"no dashboard runs on {home}")
         return
     if model not in ("tiny", "smollm2"):

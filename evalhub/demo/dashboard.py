@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evalhub.demo.profiles import demo_files
 from evalhub.demo.shell import DemoFailed, console, say
 
 
@@ -52,13 +53,13 @@ def start_dashboard(home: Path, work: Path) -> dict[str, Any]:
     return {"url": url, "pid": process.pid}
 
 
-def stop_dashboard(work: Path) -> bool:
-    """Stops the dashboard an earlier demo left running on this home (and the server it started);
+def stop_dashboard(home: Path) -> bool:
+    """Stops the dashboard an earlier demo on `home` left running (and the server it started);
     False when none was running."""
     import signal
 
     try:
-        pid = json.loads((work / "summary.json").read_text())["dashboard"]["pid"]
+        pid = json.loads((demo_files(home) / "summary.json").read_text())["dashboard"]["pid"]
         os.killpg(pid, signal.SIGTERM)  # its own session: the dashboard and the server it started
     except (OSError, ValueError, KeyError):
         return False

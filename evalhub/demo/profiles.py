@@ -4,6 +4,7 @@ names and prices its steps share."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 DEPLOYMENT = "orders"
@@ -15,6 +16,12 @@ ADAPTER_PRICE = {"prompt": 0.2, "completion": 0.8}
 # Shifted traffic: people and treasures instead of animals and things (words the base knows).
 SHIFTED_WHO = ("king", "queen")
 SHIFTED_ITEMS = ("gold", "salt", "bread", "milk", "iron")
+
+
+def demo_files(home: Path) -> Path:
+    """Where a demo on `home` writes the files it runs (suite, data, gate reports, summary.json);
+    `home/home` is the evalhub home its server serves."""
+    return home / "files"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from evalhub.demo.dashboard import start_dashboard, stop_dashboard
 from evalhub.demo.files import write_files
-from evalhub.demo.profiles import BASES, METHODS, QUICK
+from evalhub.demo.profiles import BASES, METHODS, QUICK, demo_files
 from evalhub.demo.shell import Demo, DemoFailed, console, heading, say, server_on
 from evalhub.demo.steps import (
     base_and_data,
@@ -81,15 +81,16 @@ def _quiet_libraries() -> None:
 
 
 def run_demo(home: Path, *, model: str = "tiny", quick: bool = False) -> dict[str, Any]:
-    """Runs the loop on a fresh `home`; returns what it measured (also in work/summary.json)."""
+    """Runs the loop on a fresh `home`; returns what it measured (also in summary.json among
+    its files, `demo_files(home)`)."""
     from evalhub.finetune.tasks import as_eval_cases, order_task
 
     _quiet_libraries()
     home = home.resolve()
     if home.exists():
-        stop_dashboard(home / "work")
+        stop_dashboard(home)
         shutil.rmtree(home)
-    work = home / "work"
+    work = demo_files(home)
     work.mkdir(parents=True)
     base = BASES[model]
     if model == "smollm2":
