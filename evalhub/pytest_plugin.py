@@ -47,7 +47,7 @@ def evalhub_gate() -> Callable[..., GateResult]:
         if not suites:
             raise ValueError("evalhub_gate needs at least one suite file")
         policy = GatePolicy(margin=margin, require_non_inferiority=require_non_inferiority)
-        with Client.connect() as client:
+        with Client.connect(worker=True) as client:
             result, _ = run_gate(
                 client, [Path(suite) for suite in suites], candidate, baseline, policy,
                 endpoint=endpoint, api_key_env=api_key_env,

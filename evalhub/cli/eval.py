@@ -197,25 +197,6 @@ def _suite_request(
     return request
 
 
-@contextmanager
-def _local_worker(settings: Settings) -> Iterator[None]:
-    """In-process mode has no server worker: run the queued job here while waiting for it."""
-    if settings.url:
-        yield
-        return
-    from evalhub.eval.service import eval_handler
-    from evalhub.jobs.worker import Worker
-    from evalhub.platform import Platform
-
-    platform = Platform.open(settings)
-    worker = Worker(platform.jobs, {"eval": eval_handler(platform)}, poll_seconds=0.1).start()
-    try:
-        yield
-    finally:
-        worker.stop()
-        platform.close()
-
-
 def run_on_server(
     client: Client,
     suite_path: Path,
@@ -230,10 +211,7 @@ def run_on_server(
     run_id = started["run"]["id"]
     errors.print(f"queued {run_id} (job {started['job_id']})", highlight=False)
     after = None
-    with (
-        _local_worker(Settings()),
-        progress_bar(f"{started['run']['suite_name']} on {model}") as update,
-    ):
+    with progress_bar(f"{started['run']['suite_name']} on {model}") as update:
         while True:
             for event in client.get(f"/evals/{run_id}/events", after=after):
                 after = event["id"]
@@ -357,7 +335,7 @@ def eval_run(
 ) -> None:
     """Run a suite against a model; exits 1 when the run fails."""
     options = RunOptions(concurrency=concurrency, no_cache=no_cache, refresh=refresh)
-    with failures(1), Client.connect() as client:
+    with failures(1), Client.connect(worker=True) as client:
         run = execute(
             client, suite, model, endpoint=endpoint, api_key_env=api_key_env, options=options,
             executor=executor, batch_size=batch_size,
@@ -558,7 +536,7 @@ def gate_command(
     """Gate a candidate against a baseline: exit 0 pass, 1 regression, 2 error."""
     options = RunOptions(concurrency=concurrency, no_cache=no_cache, refresh=refresh)
     policy = GatePolicy(margin=margin, require_non_inferiority=require_non_inferiority)
-    with failures(2), Client.connect() as client:
+    with failures(2), Client.connect(worker=True) as client:
         result, pairs = run_gate(
             client, suite, candidate, baseline, policy,
             endpoint=endpoint, api_key_env=api_key_env, options=options,
