@@ -151,10 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend(device))
-    try:
-        record(train_rank)(args[0])  # torchrun's summary then shows a failing rank's error
-    finally:
-        dist.destroy_process_group()
+    record(train_rank)(args[0])  # torchrun's summary then shows a failing rank's error
+    # The ranks leave together: rank 1 tearing its gloo group down while rank 0 still wrote the
+    # model aborted a run ("terminate called without an active exception", a busy 2-core
+    # machine). After an error there is no teardown: torchrun stops the other ranks, and a
+    # barrier could only wait for them.
+    dist.barrier()
+    dist.destroy_process_group()
     return 0
 
 

@@ -168,7 +168,8 @@ def parse(path: Path = README) -> list[Section]:
 
 # -- matching what was printed against what the README shows ----------------------------------
 
-_ID = r"(?:[a-z]+-[0-9a-f]{24}|ehk_[A-Za-z0-9_-]{20,})"
+# Minted names: evalrun-, ftjob-, file-... (24 hex digits), req- (32), drift- (16); tokens.
+_ID = r"(?:[a-z]+-(?:[0-9a-f]{32}|[0-9a-f]{24}|[0-9a-f]{16})(?![0-9a-f])|ehk_[A-Za-z0-9_-]{20,})"
 # What may differ from run to run, each matched by its own class in the printed line.
 _VARIABLE = re.compile(
     r"(?P<id>" + _ID + r")"

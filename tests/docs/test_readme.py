@@ -34,9 +34,7 @@ SECTIONS = parse()
 # stays open while any is listed).
 NOT_YET_RUN = {
     "The serve plan: adapters vLLM cannot load, served merged",
-    "Monitoring: feedback, drift, quality, cost, alerts and the rollout controller",
     "A worker elsewhere",
-    "Several GPUs on one machine",
     "A Ray cluster",
     "vLLM on GPUs",
 }
