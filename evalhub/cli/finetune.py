@@ -166,7 +166,8 @@ def load_run_config(path: Path) -> RunConfig:
 
 
 def follow(client: Client, job_id: str, poll: float = 1.0) -> dict[str, Any]:
-    """A progress bar with step and loss until the job ends; messages print above it."""
+    """A progress bar with step and loss until the job ends; messages print above it. Ctrl-C
+    stops following, not the job."""
     job = call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}")
     seen = 0
 
@@ -181,13 +182,16 @@ def follow(client: Client, job_id: str, poll: float = 1.0) -> dict[str, Any]:
                 fresh.append((event["type"], event.get("data") or {}, event["message"]))
         return fresh
 
-    return follow_training(
-        job,
-        job["evalhub"]["total_steps"],
-        lambda: call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}"),
-        new_events,
-        poll=poll,
-    )
+    try:
+        return follow_training(
+            job,
+            job["evalhub"]["total_steps"],
+            lambda: call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}"),
+            new_events,
+            poll=poll,
+        )
+    except KeyboardInterrupt:
+        fail(f"stopped following; cancel with `evalhub finetune jobs cancel {job_id}`", 130)
 
 
 @finetune_app.command("run")
@@ -222,10 +226,12 @@ def run(
         console.print(f"created [bold]{job['id']}[/] ({job['evalhub']['total_steps']} steps)")
         if detach:
             return
-        try:
-            job = follow(client, job["id"])
-        except KeyboardInterrupt:
-            fail(f"stopped following; cancel with `evalhub finetune jobs cancel {job['id']}`", 130)
+        job = follow(client, job["id"])
+    _show_result(job)
+
+
+def _show_result(job: dict[str, Any]) -> None:
+    """The model a job registered, or exit 1 with why it did not succeed."""
     if job["status"] != "succeeded":
         message = (job.get("error") or {}).get("message") or job["status"]
         fail(f"job {job['id']} {job['status']}: {message}")
@@ -297,6 +303,15 @@ def jobs_show(job_id: str, as_json: JsonFlag = False) -> None:
     fields(details)
     if scored and scored.get("checkpoints"):
         show_checkpoint_evals(scored)
+
+
+@jobs_app.command("follow")
+def jobs_follow(job_id: str) -> None:
+    """Follow a job until it ends, from its first event, as `finetune run` does (exit 1 unless
+    it succeeds): for a job created with --detach, or from another terminal."""
+    with connected(Settings(), worker=True) as client:
+        job = follow(client, job_id)
+    _show_result(job)
 
 
 @jobs_app.command("cancel")

@@ -9,14 +9,14 @@ NAME, written before the next command. A `console` block's lines before its firs
 Python block before it printed.
 
 What the README shows is checked line by line, in order (a shown line may skip printed lines; `…`
-and `...` stand for lines left out). Names the run mints (`evalrun-…`, `ftjob-…`, tokens) are
-bound on first sight and substituted into later commands and code; numbers (scores, losses,
-timings, sizes), digests and timestamps may differ, except the whole numbers of a line that binds
-a name (a name no later command uses may bind on a line with other ones: another CPU's run may
-pick another checkpoint); every other character must match, apart from the width of table rules
-and padding. The docs test pins torch's and MKL's code paths to AVX2 (`ATEN_CPU_CAPABILITY`,
-`MKL_CBWR`), those the README's output was recorded on: other paths round sums differently, and
-the training the README shows then scores and picks other checkpoints.
+and `...` stand for lines left out). Names the run mints (`evalrun-…`, `ftjob-…`, tokens) are bound
+on first sight and substituted into later commands and code; numbers (scores, losses, timings,
+sizes), digests, timestamps and job workers' ids may differ, except the whole numbers of a line
+that binds a name (a name no later command uses may bind on a line with other ones: another CPU's
+run may pick another checkpoint); every other character must match, apart from the width of table
+rules and padding. The docs test pins torch's and MKL's code paths to AVX2 (`ATEN_CPU_CAPABILITY`,
+`MKL_CBWR`), those the README's output was recorded on: other paths round sums differently, and the
+training the README shows then scores and picks other checkpoints.
 
 An HTML comment `<!-- docs-test: skip REASON -->` right before a block leaves it out; only the
 reasons in SKIP_REASONS are accepted. `<!-- docs-test: continues -->` in a section's text makes
@@ -170,17 +170,21 @@ def parse(path: Path = README) -> list[Section]:
 
 # Minted names: evalrun-, ftjob-, file-... (24 hex digits), req- (32), drift- (16); tokens.
 _ID = r"(?:[a-z]+-(?:[0-9a-f]{32}|[0-9a-f]{24}|[0-9a-f]{16})(?![0-9a-f])|ehk_[A-Za-z0-9_-]{20,})"
+# A job worker's id: host, process and thread ("vm:29154:7f79060e1710").
+_WORKER = r"[A-Za-z][\w.-]*:\d+:[0-9a-f]{6,16}"
 # What may differ from run to run, each matched by its own class in the printed line.
 _VARIABLE = re.compile(
     r"(?P<id>" + _ID + r")"
     r"|(?P<digest>sha256:[0-9a-f]{4,}…?)"
     r"|(?P<time>\d{4}-\d\d-\d\dT[\d:.]+Z?|\d+:\d\d:\d\d(?:,\d+)?)"
+    r"|(?P<worker>" + _WORKER + r")"
     r"|(?P<number>[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
 )
 _CLASS = {
     "id": _ID,
     "digest": r"sha256:[0-9a-f]{4,}…?",
     "time": r"\d{4}-\d\d-\d\dT[\d:.]+Z?|\d+:\d\d:\d\d(?:,\d+)?",
+    "worker": _WORKER,
     "number": r"[-+]?(?:\d+(?:\.\d+)?(?:e[-+]?\d+)?|nan|inf)",
 }
 _RULE = re.compile(r"([━─═])\1+")

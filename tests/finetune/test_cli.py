@@ -79,10 +79,18 @@ def test_create_tiny_validate_estimate_run_and_inspect(cli, tmp_path: Path) -> N
     assert "compare 2 to 10" in cli("finetune", "compare", job_id, code=1)
     assert "no fine-tuning job" in cli("finetune", "compare", job_id, "ftjob-nope", code=1)
 
+    # A job created with --detach, followed to its end later (in-process: by this command's worker).
+    detached = cli("finetune", "run", str(config), "--detach").split("created ")[1].split()[0]
+    assert json.loads(cli("finetune", "jobs", "show", detached, "--json"))["status"] == "queued"
+    followed = cli("finetune", "jobs", "follow", detached)
+    assert "Checkpoint saved at step 4" in followed
+    assert f"succeeded: ft:tiny:cli:{detached}" in followed and "registered tiny-cli/3" in followed
+    assert "no fine-tuning job" in cli("finetune", "jobs", "follow", "ftjob-nope", code=1)
+
     config.write_text(config.read_text().replace("train.jsonl", "bad.jsonl"))
     out = cli("finetune", "run", str(config), code=1)
     assert "line 3: example_missing_assistant_message" in out
-    assert len(json.loads(cli("finetune", "jobs", "list", "--json"))) == 2
+    assert len(json.loads(cli("finetune", "jobs", "list", "--json"))) == 3
 
 
 def test_a_job_yaml_with_an_unknown_executor_is_refused_before_anything_is_sent(  # type: ignore[no-untyped-def]
