@@ -77,7 +77,9 @@ def child_server(
                 raise RuntimeError(f"evalhub serve not up after {timeout} s:\n" + "".join(output))
             found = TOKEN.search(line)
             token = token or (found.group(1) if found else None)
-            if "Application startup complete" in line:
+            # uvicorn logs "Application startup complete" before it binds the port: a request
+            # in between was refused on a busy machine.
+            if "Uvicorn running on" in line:
                 break
         threading.Thread(target=lambda: output.extend(process.stdout or ()), daemon=True).start()
         yield ChildServer(f"http://127.0.0.1:{port}", token, child_env, process, output)
