@@ -39,6 +39,7 @@ FIRST = (
     "tests/docs/test_readme.py::test_readme_section[Fine-tuning",
     "tests/dashboard/test_annotate_cli.py",
     "tests/serving/test_vllm.py",
+    "tests/docs/test_readme.py::test_readme_section[The serve plan",
 )
 
 

@@ -1,6 +1,7 @@
 """The README, run: every command and Python block of a section, in order, checked against the
 output the README shows (tests/docs/readme.py says how). A newcomer's machine is stood in for by a
-fresh HOME and working directory per section, with the checkout's `examples/` beside it.
+fresh HOME and working directory per section, with the checkout's `examples/` and `.vllm-venv`
+beside it.
 
 To refresh the README's output after a change, `DOCS_TEST_RECORD=FILE pytest tests/docs -k TITLE`
 appends each step, what it printed and where it differs from the README to FILE, and goes on.
@@ -33,9 +34,7 @@ SECTIONS = parse()
 # commands are made to run from a fresh directory (the issue that asks for the tested README
 # stays open while any is listed).
 NOT_YET_RUN = {
-    "The serve plan: adapters vLLM cannot load, served merged",
     "A Ray cluster",
-    "vLLM on GPUs",
 }
 
 COMMAND_TIMEOUT = 600.0
@@ -85,6 +84,7 @@ def run_section(section: Section, work: Path) -> None:
     home = work.parent / "home"
     home.mkdir()
     (work / "examples").symlink_to(ROOT / "examples")
+    (work / ".vllm-venv").symlink_to(ROOT / ".vllm-venv")  # `make vllm`'s, where vLLM runs from
     session = Session(work, _environment(home))
     names = session.names
     used = section.used
