@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import peft.tuners.lora.dora as dora
 import torch
+from peft.helpers import DoraCaching
 from rich.console import Console
 from rich.table import Table
 
@@ -100,7 +100,7 @@ def main() -> None:
         prompts = PROMPTS[: args.prompts]
         runs = {}
         for cached in (False, True):
-            dora.ENABLE_DORA_CACHING = cached
+            DoraCaching()(enabled=cached)  # the process-wide switch the engine sets
             runs[cached] = answer_all(engine, prompts, args.max_tokens)
     (off_s, tokens, off_texts), (on_s, _, on_texts) = runs[False], runs[True]
     result = {

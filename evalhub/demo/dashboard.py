@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evalhub.demo.profiles import demo_files
+from evalhub.demo.profiles import demo_files, evalhub_home
 from evalhub.demo.shell import DemoFailed, console, say
 
 
-def start_dashboard(home: Path, work: Path) -> dict[str, Any]:
-    """`evalhub dashboard` on the demo's home, left running after the demo ends (it starts its
-    own `evalhub serve` there); its URL and pid, once it answers."""
+def start_dashboard(home: Path) -> dict[str, Any]:
+    """`evalhub dashboard` on the evalhub home of a demo on `home`, left running after the demo
+    ends (it starts its own `evalhub serve` there); its URL and pid, once it answers."""
     import subprocess
     import sys
 
@@ -23,22 +23,23 @@ def start_dashboard(home: Path, work: Path) -> dict[str, Any]:
 
     from evalhub.child_server import free_port
 
+    served, log_path = evalhub_home(home), demo_files(home) / "dashboard.log"
     port = 8501 if _port_is_free(8501) else free_port()
     command = ["evalhub", "dashboard", "--port", str(port), "--server-port", str(free_port())]
     console.print(
-        f"[dim]$[/] [bold]EVALHUB_HOME={_shown(home)} {shlex.join(command)} &[/]", highlight=False
+        f"[dim]$[/] [bold]EVALHUB_HOME={_shown(served)} {shlex.join(command)} &[/]", highlight=False
     )
     env = {k: v for k, v in os.environ.items() if k not in ("EVALHUB_URL", "EVALHUB_TOKEN")}
-    with (work / "dashboard.log").open("w") as log:
+    with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "evalhub", *command[1:]], env={**env, "EVALHUB_HOME": str(home)},
+            [sys.executable, "-m", "evalhub", *command[1:]], env={**env, "EVALHUB_HOME": str(served)},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
         if process.poll() is not None:
-            raise DemoFailed(f"the dashboard exited:\n{(work / 'dashboard.log').read_text()}")
+            raise DemoFailed(f"the dashboard exited:\n{log_path.read_text()}")
         try:
             if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
                 break
@@ -48,8 +49,8 @@ def start_dashboard(home: Path, work: Path) -> dict[str, Any]:
             process.kill()
             raise DemoFailed("the dashboard did not answer within 180 s")
         time.sleep(0.5)
-    say(f"the dashboard is up at [bold]{url}[/] (log {_shown(work / 'dashboard.log')}); stop it "
-        f"with: evalhub demo --home {_shown(work.parent)} --stop")  # fmt: skip
+    say(f"the dashboard is up at [bold]{url}[/] (log {_shown(log_path)}); stop it "
+        f"with: evalhub demo --home {_shown(home)} --stop")  # fmt: skip
     return {"url": url, "pid": process.pid}
 
 

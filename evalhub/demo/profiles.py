@@ -19,9 +19,13 @@ SHIFTED_ITEMS = ("gold", "salt", "bread", "milk", "iron")
 
 
 def demo_files(home: Path) -> Path:
-    """Where a demo on `home` writes the files it runs (suite, data, gate reports, summary.json);
-    `home/home` is the evalhub home its server serves."""
+    """Where a demo on `home` writes the files it runs (suite, data, gate reports, summary.json)."""
     return home / "files"
+
+
+def evalhub_home(home: Path) -> Path:
+    """The EVALHUB_HOME that a demo on `home` serves, and its dashboard reads."""
+    return home / "home"
 
 
 @dataclass(frozen=True)

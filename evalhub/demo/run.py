@@ -23,7 +23,7 @@ from rich.table import Table
 
 from evalhub.demo.dashboard import start_dashboard, stop_dashboard
 from evalhub.demo.files import write_files
-from evalhub.demo.profiles import BASES, METHODS, QUICK, demo_files
+from evalhub.demo.profiles import BASES, METHODS, QUICK, demo_files, evalhub_home
 from evalhub.demo.shell import Demo, DemoFailed, console, heading, say, server_on
 from evalhub.demo.steps import (
     base_and_data,
@@ -109,7 +109,7 @@ def run_demo(home: Path, *, model: str = "tiny", quick: bool = False) -> dict[st
     )
     write_files(work, base)
     heading(1, "start evalhub serve on a fresh home")
-    with server_on(home / "home", base) as server:
+    with server_on(evalhub_home(home), base) as server:
         say(f"evalhub serve is up at {server.url} (EVALHUB_URL and EVALHUB_TOKEN set for the CLI)")
         traffic = as_eval_cases(order_task(89, seed=1, split="held_out"))
         demo = Demo(server.url, server.token, work, base, traffic)
@@ -128,7 +128,7 @@ def run_demo(home: Path, *, model: str = "tiny", quick: bool = False) -> dict[st
         finally:
             os.chdir(cwd)
     heading(8, "the dashboard, and what the demo measured")
-    demo.measured["dashboard"] = start_dashboard(home / "home", work)
+    demo.measured["dashboard"] = start_dashboard(home)
     seconds = time.perf_counter() - started
     demo.measured["seconds"] = round(seconds, 1)
     (work / "summary.json").write_text(json.dumps(demo.measured, indent=2, default=str))
