@@ -40,6 +40,7 @@ FIRST = (
     "tests/dashboard/test_annotate_cli.py",
     "tests/serving/test_vllm.py",
     "tests/docs/test_readme.py::test_readme_section[The serve plan",
+    "tests/docs/test_readme.py::test_readme_section[A Ray cluster",
 )
 
 

@@ -31,10 +31,10 @@ from evalhub.jobs.ray_executor import (
     report,
     unpack_directory,
 )
-from evalhub.jobs.worker import JobContext
+from evalhub.jobs.worker import JobContext, JobFailed
 
 
-class RayRunFailed(RuntimeError):
+class RayRunFailed(JobFailed):
     """The Ray run ended with an error on a Ray Train worker or its controller."""
 
 

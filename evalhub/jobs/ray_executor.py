@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any, TypeVar
 
-from evalhub.jobs.worker import JobContext
+from evalhub.jobs.worker import JobContext, JobFailed
 
 INSTALL = "pip install 'evalhub[ray]'"
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -38,7 +38,7 @@ _lock = threading.Lock()
 _connections = 0
 
 
-class RayUnavailable(RuntimeError):
+class RayUnavailable(JobFailed):
     """The job asked for Ray and this worker has no cluster to give it."""
 
 

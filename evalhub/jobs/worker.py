@@ -25,6 +25,11 @@ class JobCancelled(Exception):
     """Raised by a handler (through JobContext.check_cancelled) to stop a cancelled job."""
 
 
+class JobFailed(Exception):
+    """A failure its message explains (a setting to make, resources the job lacks): the job's
+    error says what to do, so the worker logs the message without a traceback."""
+
+
 class JobDeferred(Exception):
     """Raised by a handler that must wait for jobs queued behind it: it goes back to the end of
     the queue (see `JobQueue.defer`), and its handler runs again from the start."""
@@ -131,7 +136,8 @@ class Worker:
         except JobDeferred as deferred:
             self.queue.defer(job.id, str(deferred) or "waiting for the jobs queued after it")
         except Exception as error:
-            log.warning("job %s failed: %s", job.id, traceback.format_exc())
+            detail = str(error) if isinstance(error, JobFailed) else traceback.format_exc()
+            log.warning("job %s failed: %s", job.id, detail)
             self.queue.finish(job.id, JobStatus.FAILED, error=f"{type(error).__name__}: {error}")
         else:
             self.queue.finish(job.id, JobStatus.SUCCEEDED, result=result)

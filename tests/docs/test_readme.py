@@ -30,24 +30,15 @@ from tests.docs.readme import (
 
 SECTIONS = parse()
 
-# Sections whose blocks this test does not run yet, by title. Each is a debt: it goes when its
-# commands are made to run from a fresh directory (the issue that asks for the tested README
-# stays open while any is listed).
-NOT_YET_RUN = {
-    "A Ray cluster",
-}
-
 COMMAND_TIMEOUT = 600.0
 SERVER_TIMEOUT = 180.0
 
 
 def _run() -> list[Section]:
-    return [section for section in SECTIONS if section.title not in NOT_YET_RUN and section.steps]
+    return [section for section in SECTIONS if section.steps]
 
 
 def test_every_block_is_run_or_left_out_for_a_named_reason() -> None:
-    titles = {section.title for section in SECTIONS}
-    assert titles >= NOT_YET_RUN, f"no such README sections: {NOT_YET_RUN - titles}"
     for section in SECTIONS:
         for line, reason in section.skipped:
             assert reason in SKIP_REASONS, f"README.md:{line}: unknown reason to skip {reason!r}"

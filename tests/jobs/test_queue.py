@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from evalhub.jobs import JobContext, JobDeferred, JobQueue, JobStatus, Worker
+from evalhub.jobs import JobContext, JobDeferred, JobFailed, JobQueue, JobStatus, Worker
 from registry.errors import ErrorCode, RegistryError
 
 
@@ -57,6 +57,28 @@ def test_worker_runs_handlers_and_records_events(queue: JobQueue) -> None:
     assert (
         messages[0] == "echo job created" and "working" in messages and messages[-1] == "succeeded"
     )
+
+
+def test_a_failure_that_explains_itself_is_logged_without_a_traceback(
+    queue: JobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail(context: JobContext) -> dict:
+        if context.job.payload["explained"]:
+            raise JobFailed("set EVALHUB_SOMETHING on the worker")
+        raise KeyError("surprise")
+
+    worker = Worker(queue, {"fail": fail})
+    explained = queue.submit("fail", {"explained": True})
+    surprise = queue.submit("fail", {"explained": False})
+    with caplog.at_level("WARNING", logger="evalhub.jobs.worker"):
+        assert worker.run_once() and worker.run_once()
+    assert queue.get(explained.id).error == "JobFailed: set EVALHUB_SOMETHING on the worker"
+    assert queue.get(surprise.id).error == "KeyError: 'surprise'"
+    logged = {record.getMessage().split(":")[0]: record.getMessage() for record in caplog.records}
+    assert logged[f"job {explained.id} failed"] == (
+        f"job {explained.id} failed: set EVALHUB_SOMETHING on the worker"
+    )
+    assert "Traceback (most recent call last)" in logged[f"job {surprise.id} failed"]
 
 
 def test_a_job_queued_in_this_process_wakes_its_idle_worker(queue: JobQueue) -> None:
