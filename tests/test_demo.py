@@ -18,7 +18,7 @@ import yaml
 
 from evalhub.auth.tokens import create_token
 from evalhub.child_server import child_server
-from evalhub.demo import QUICK, demo_files
+from evalhub.demo import QUICK, demo_files, evalhub_home
 from evalhub.platform import Platform
 from evalhub.settings import Settings
 
@@ -84,7 +84,7 @@ def test_the_demo_runs_the_loop_and_leaves_it_inspectable(demo_home: Path) -> No
     def cli(*args: str) -> Any:
         shown = subprocess.run(
             [sys.executable, "-m", "evalhub", *args, "--json"],
-            env={**env, "EVALHUB_HOME": str(home / "home")}, capture_output=True, text=True,
+            env={**env, "EVALHUB_HOME": str(evalhub_home(home))}, capture_output=True, text=True,
             timeout=120,
         )  # fmt: skip
         assert shown.returncode == 0, shown.stderr
@@ -116,16 +116,16 @@ def gate_step(inputs: dict[str, str]) -> str:
 def test_the_ci_workflow_and_the_pytest_plugin_gate_the_demos_models(
     demo_home: Path, tmp_path: Path
 ) -> None:
-    if not (demo_home / "home").exists():
+    if not evalhub_home(demo_home).exists():
         pytest.fail("the demo did not run (test_the_demo_runs_the_loop_... failed first)")
-    platform = Platform.open(Settings(home=demo_home / "home", _env_file=None))
+    platform = Platform.open(Settings(home=evalhub_home(demo_home), _env_file=None))
     token = create_token(platform.engine, "ci", "editor", actor="test")[1]
     platform.close()
     suite = demo_files(demo_home) / "suite.yaml"
     winner = json.loads((demo_files(demo_home) / "summary.json").read_text())["winner"]
     # The workflow runs `evalhub` from PATH, as a runner that pip-installed it would.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    with child_server(demo_home / "home") as server:  # restarts the demo's backend
+    with child_server(evalhub_home(demo_home)) as server:  # restarts the demo's backend
         env = ENV | {"EVALHUB_URL": server.url, "EVALHUB_TOKEN": token, "PATH": path}
         for candidate, baseline, code, heading in (
             (winner, "tiny/1", 0, "evalhub gate: PASS"),

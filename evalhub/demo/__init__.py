@@ -2,8 +2,8 @@
 with the commands users type (`run_demo`)."""
 
 from evalhub.demo.dashboard import stop_dashboard
-from evalhub.demo.profiles import QUICK, demo_files
+from evalhub.demo.profiles import QUICK, demo_files, evalhub_home
 from evalhub.demo.run import run_demo
 from evalhub.demo.shell import DemoFailed
 
-__all__ = ["QUICK", "DemoFailed", "demo_files", "run_demo", "stop_dashboard"]
+__all__ = ["QUICK", "DemoFailed", "demo_files", "evalhub_home", "run_demo", "stop_dashboard"]
