@@ -124,6 +124,7 @@ def test_a_ray_job_on_two_workers_trains_as_one_process_does(
     try:
         versions = [platform.registry.resolve_fine_tuned(j.fine_tuned_model) for j in (two, one)]
         assert versions[0].ref == "tiny-ontwo/1" and versions[0].training_job == two.id
+        assert versions[0].kind.value == "adapter" and versions[0].base == "tiny/1"
         assert versions[0].hyperparameters["environment"]["ranks"] == 2
         weights = [
             load_file(platform.registry.model_path(v.ref) / "adapter_model.safetensors")
