@@ -213,6 +213,7 @@ def run_on_server(
     after = None
     with progress_bar(f"{started['run']['suite_name']} on {model}") as update:
         while True:
+            info = client.get(f"/evals/{run_id}")  # before the events, so none can follow it
             for event in client.get(f"/evals/{run_id}/events", after=after):
                 after = event["id"]
                 data = event.get("data") or {}
@@ -220,7 +221,6 @@ def run_on_server(
                     update(RunProgress(data["phase"], data["done"], data["total"], data["cached"]))
                 elif executor != "local":  # where the batches ran
                     errors.print(f"  {event['message']}", highlight=False)
-            info = client.get(f"/evals/{run_id}")
             if info["status"] in FINISHED:
                 break
             time.sleep(POLL_SECONDS)

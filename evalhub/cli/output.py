@@ -136,12 +136,14 @@ def follow_training(
     ) as progress:
         task = progress.add_task(job["status"], total=total_steps, loss="-")
         while True:
+            # The job before its events: a job's last events are written with its final status,
+            # so reading them second cannot miss them.
+            job = refresh()
             for kind, data, message in new_events():
                 if kind == "metrics":
                     progress.update(task, completed=data["step"], loss=f"{data['train_loss']:.4f}")
                 else:
                     progress.console.print(f"  {message}", highlight=False)
-            job = refresh()
             progress.update(task, description=job["status"])
             if job["status"] in JOB_FINISHED:
                 return job

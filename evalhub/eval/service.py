@@ -523,7 +523,8 @@ class _DatabaseSink:
         self.context.check_cancelled()
 
     def on_finish(self, run: EvalRun) -> None:
-        self.store.finish(run)
+        """The event before the outcome: a follower that sees the run finished has its last
+        event to read."""
         summary = ", ".join(
             f"{name}={summary.aggregate.value:.4g}"
             for name, summary in run.metrics.items()
@@ -531,6 +532,7 @@ class _DatabaseSink:
         )
         level = "info" if run.status == "completed" else "error"
         self.context.event(f"run {run.status}: {summary or run.error}", level=level)
+        self.store.finish(run)
 
     def progress(self, progress: Progress) -> None:
         step = max(1, progress.total // 10)

@@ -32,15 +32,25 @@ def start(platform: Platform, model: str, endpoint: str | None, **options) -> st
 
 
 def test_run_as_job_stores_run_and_cases_and_a_second_run_generates_nothing(
-    platform: Platform, start_scripted_server
+    platform: Platform, start_scripted_server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     scripted = start_scripted_server(ScriptedServer(scripted_capitals))
     service = EvalService(platform)
     first = start(platform, "base-model", scripted.base_url)
     assert service.store.get(first).status == "queued"
+    # A follower that sees the run finished reads its events next: the last must be there.
+    last_event_at_finish: list[str] = []
+    finish = EvalStore.finish
+
+    def recording_finish(store: EvalStore, run):  # type: ignore[no-untyped-def]
+        last_event_at_finish.append(service.events(run.run_id)[-1].message)
+        return finish(store, run)
+
+    monkeypatch.setattr(EvalStore, "finish", recording_finish)
     run_queued_job(platform)
     info = service.store.get(first)
     assert info.status == "completed", info.error
+    assert last_event_at_finish[0].startswith("run completed: exact_match="), last_event_at_finish
     assert scripted.calls == N_CASES
     assert info.metrics["exact_match"]["value"] == pytest.approx((N_CASES - 2) / N_CASES)
     assert info.metrics["exact_match"]["passed"] is True

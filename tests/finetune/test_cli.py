@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from evalhub.cli.main import app
+from evalhub.cli.output import TrainingEvent, follow_training
 from evalhub.finetune.tasks import upper_case_task, write_jsonl
 
 
@@ -102,3 +106,30 @@ def test_a_job_yaml_with_an_unknown_executor_is_refused_before_anything_is_sent(
     out = cli("finetune", "run", str(config), code=1)
     assert "executor: Input should be 'local' or 'ray'" in out
     assert not (tmp_path / "home").exists()
+
+
+def test_following_a_job_prints_the_events_written_with_its_end() -> None:
+    """The server writes a job's last events in the transaction that ends it; the follower must
+    print them even when the job ended between its reading the events and reading the job."""
+    pending: list[TrainingEvent] = [("message", {}, "Started training at step 0 of 2")]
+    statuses = iter(["running", "succeeded"])
+
+    def refresh() -> dict[str, Any]:
+        status = next(statuses)
+        if status == "succeeded":
+            pending.extend([("message", {}, "Registered tiny-x/1"), ("message", {}, "succeeded")])
+        return {"status": status}
+
+    def new_events() -> list[TrainingEvent]:
+        fresh = list(pending)
+        pending.clear()
+        return fresh
+
+    out = io.StringIO()
+    job = follow_training(
+        {"status": "queued"}, 2, refresh, new_events, to=Console(file=out, width=120), poll=0
+    )
+    assert job["status"] == "succeeded"
+    printed = out.getvalue()
+    assert "Started training" in printed
+    assert "Registered tiny-x/1" in printed
