@@ -21,7 +21,7 @@ import pytest
 
 from evalhub.child_server import child_server
 from evalhub.cli.registry import register_directory
-from evalhub.client import ApiError, Client
+from evalhub.client import Client
 from tests.serving.conftest import save_adapter
 
 VLLM_PYTHON = os.environ.get("EVALHUB_TEST_VLLM_PYTHON", ".vllm-venv/bin/python")
@@ -223,72 +223,3 @@ def test_moving_an_alias_hot_swaps_on_vllm(stack: VllmStack) -> None:
     worker.join(60)
     assert failures == []
     assert ask(client, "live", PROMPTS[1]) == ask(client, "bot/3", PROMPTS[1]) != before
-
-
-def test_dora_adapter_is_served_merged(stack: VllmStack, dora_adapter: Path) -> None:
-    """vLLM refuses DoRA; the serve plan merges it into its base, registered once, and a vLLM
-    backend of the merged model answers exactly as the local backend does with the adapter."""
-    from evalhub.serving.local.engine import LocalEngine
-    from evalhub.serving.local.generation import GenerationRequest, SamplingParams
-
-    api = stack.api
-    api.post("/models", {"name": "dora", "kind": "adapter"})
-    register_directory(api, dora_adapter, "dora", base="tiny/1")
-    deployment = {
-        "name": "dora-bot",
-        "backend": "vllm-cpu",
-        "arms": [{"name": "main", "model": "dora/1", "weight": 100, "serve": "adapter"}],
-    }
-    with pytest.raises(ApiError) as refused:
-        api.post("/deployments", deployment)
-    assert refused.value.status == 400
-    assert "vLLM does not load DoRA adapters" in refused.value.message
-    assert "serve: merged" in refused.value.message
-    assert [d["name"] for d in api.get("/deployments")] == ["live"]
-    with pytest.raises(ApiError) as absent:
-        api.get("/models/dora-merged")
-    assert absent.value.status == 404
-
-    deployment["arms"][0]["serve"] = "auto"
-    with pytest.raises(ApiError) as asked:
-        api.post("/deployments", deployment)
-    assert asked.value.status == 409
-    assert "evalhub backend vllm --base dora-merged/1" in asked.value.message
-    merged = api.post("/models/dora/versions/1/merge", {})  # made by the attempt, reused here
-    assert (merged["created"], merged["merged"]["ref"]) == (False, "dora-merged/1")
-
-    backend = api.post(
-        "/backends",
-        {
-            "name": "vllm-merged",
-            "kind": "vllm",
-            "base": "dora-merged/1",
-            "options": {"args": ["--dtype", "float32", "--max-model-len", "256"]},
-        },
-    )
-    assert backend["status"] == "healthy", backend
-    created = api.post("/deployments", deployment)
-    assert created["arms"][0]["serve"] == "auto"
-
-    base_dir = Path(api.get("/resolve", ref="tiny/1")["source"])
-    engine = LocalEngine(base_dir, device="cpu")
-    engine.load_adapter("dora", dora_adapter)
-    client = stack.gateway()
-    for prompt in ["upper: cat dog", "upper: sun moon star", "repeat: tree fish"]:
-        expected = engine.generate(
-            GenerationRequest(
-                adapter="dora",
-                messages=[{"role": "user", "content": prompt}],
-                sampling=SamplingParams(max_tokens=12, temperature=0),
-            )
-        ).text
-        raw = client.chat.completions.with_raw_response.create(
-            model="dora-bot",
-            messages=[{"role": "user", "content": prompt}],
-            max_tokens=12,
-            temperature=0,
-        )
-        assert raw.headers["x-evalhub-model-version"] == "dora/1"
-        assert raw.headers["x-evalhub-served-as"] == "dora-merged/1"
-        assert raw.parse().choices[0].message.content == expected, prompt
-        assert ask(client, "dora/1", prompt) == expected, prompt  # the reference, served directly
