@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,26 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # import; the CLI tests set COLUMNS per call instead.
 os.environ.pop("COLUMNS", None)
 os.environ.pop("LINES", None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One build cache for the run, which the xdist workers and every process they start inherit:
+    the tiny base that fixtures, README sections and the demo build alike is pretrained once
+    (`cached_tiny_model`). Fresh per run, so no run reuses another's builds."""
+    if hasattr(config, "workerinput"):
+        return
+    cache = Path(tempfile.mkdtemp(prefix="evalhub-test-cache-"))
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+
+
+def tiny_base_copy(directory: Path) -> Path:
+    """The default tiny base (seed 0), copied from the run's build cache."""
+    from evalhub.finetune.tiny import cached_tiny_model
+
+    shutil.copytree(cached_tiny_model(seed=0), directory, dirs_exist_ok=True)
+    return directory
+
 
 POSTGRES_URL = os.environ.get(
     "EVALHUB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -7,6 +7,7 @@ uses; estimates and validation against a registered model go through /api/v1/fin
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -515,12 +516,19 @@ def create_tiny(
     pretrain_steps: Annotated[
         int, typer.Option(min=0, help="Steps of the copy-task pretraining (fewer: faster, weaker)")
     ] = 300,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            help="Reuse this machine's build of the same seed and steps (bit-identical), kept "
+            "under $XDG_CACHE_HOME/evalhub/tiny; --no-cache builds anew and keeps nothing."
+        ),
+    ] = True,
     as_json: JsonFlag = False,
 ) -> None:
     """Build the tiny Llama base and its tokenizer offline and register it as a base version."""
     import torch
 
-    from evalhub.finetune.tiny import build_tiny_model
+    from evalhub.finetune.tiny import build_tiny_model, cached_tiny_model
 
     torch.set_num_threads(1)  # bit-identical builds, and kind to a shared machine
     with tempfile.TemporaryDirectory(prefix="evalhub-tiny-") as work:
@@ -529,12 +537,16 @@ def create_tiny(
             console=errors, transient=True,
         ) as progress:  # fmt: skip
             task = progress.add_task("pretrain", total=pretrain_steps)
-            directory = build_tiny_model(
-                Path(work) / name,
-                seed=seed,
-                pretrain_steps=pretrain_steps,
-                progress=lambda event: progress.update(task, completed=event["step"]),
-            )
+            options: dict[str, Any] = {
+                "seed": seed,
+                "pretrain_steps": pretrain_steps,
+                "progress": lambda event: progress.update(task, completed=event["step"]),
+            }
+            directory = Path(work) / name
+            if cache:
+                shutil.copytree(cached_tiny_model(**options), directory)
+            else:
+                build_tiny_model(directory, **options)
         version = _register_base(
             name,
             directory,

@@ -3,12 +3,19 @@
 A randomly initialised model with a frozen output head barely learns with LoRA, so the builder gives
 it a short full "pretraining" on a copy task (repeat the words of the prompt, in whatever case they
 came). It is then a real, if small, pretrained base: LoRA on top of it learns new tasks in seconds.
-Everything is seeded and runs on one CPU thread, so the same seed gives bit-identical files.
+Everything is seeded and runs on one CPU thread, so the same seed gives bit-identical files; that
+is why a build can be kept in the machine's cache and reused (`cached_tiny_model`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
 import random
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -176,3 +183,65 @@ def build_tiny_model(
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def tiny_cache() -> Path:
+    """Where builds are kept: evalhub/tiny under XDG_CACHE_HOME (~/.cache by default)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "evalhub" / "tiny"
+
+
+def build_key(seed: int, pretrain_steps: int) -> str:
+    """Names what a build's bytes depend on: its options, the code that makes it, the libraries
+    that run it and the CPU kernels torch picked (AVX2 and AVX-512 round differently)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for module in ("tiny", "tasks", "tokenize", "batching"):
+        spec = importlib.util.find_spec(f"evalhub.finetune.{module}")
+        assert spec is not None and spec.origin is not None
+        digest.update(Path(spec.origin).read_bytes())
+    for package in ("torch", "transformers", "tokenizers"):
+        digest.update(f"{package}=={importlib.metadata.version(package)};".encode())
+    digest.update(torch.backends.cpu.get_cpu_capability().encode())
+    return f"seed{seed}-steps{pretrain_steps}-{digest.hexdigest()[:16]}"
+
+
+def cached_tiny_model(
+    seed: int = 0,
+    pretrain_steps: int = DEFAULT_PRETRAIN_STEPS,
+    *,
+    cache: Path | None = None,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """The build for these options from the cache, built there first if it is missing.
+
+    Every README section and every `make demo` builds the same tiny base; pretraining it is most
+    of `evalhub models create-tiny`'s time. Builders of one key take turns on a lock file and a
+    build lands by rename, so concurrent callers build once and never see half a directory.
+    Callers copy from it; nothing writes into it.
+    """
+    import torch
+
+    cache = cache or tiny_cache()
+    built = cache / build_key(seed, pretrain_steps)
+    if built.is_dir():
+        return built
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"{built.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built.is_dir():
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # the bit-identical build the key promises
+            try:
+                with tempfile.TemporaryDirectory(dir=cache, prefix=".building-") as work:
+                    build_tiny_model(
+                        Path(work) / "model",
+                        seed=seed,
+                        pretrain_steps=pretrain_steps,
+                        progress=progress,
+                    )
+                    (Path(work) / "model").rename(built)
+            finally:
+                torch.set_num_threads(threads)
+    return built

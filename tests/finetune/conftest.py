@@ -1,4 +1,5 @@
-"""The tiny base model is built once per session (about 15 s of pretraining on one thread)."""
+"""The tiny base model is built once per run (about 15 s of pretraining on one thread), in the
+run's build cache, and copied from there."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import built_once
+from tests.conftest import built_once, tiny_base_copy
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,9 +25,7 @@ def one_thread() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from evalhub.finetune.tiny import build_tiny_model
-
-    return built_once(tmp_path_factory, "tiny-base", lambda root: build_tiny_model(root, seed=0))
+    return built_once(tmp_path_factory, "tiny-base", tiny_base_copy)
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,13 @@ import hashlib
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from evalhub.finetune.tiny import build_tiny_model
+import pytest
+
+from evalhub.finetune import tiny
+from evalhub.finetune.tiny import build_tiny_model, cached_tiny_model
 
 
 def digest(path: Path) -> str:
@@ -20,6 +24,30 @@ def test_same_seed_gives_identical_files_and_other_seed_does_not(tmp_path: Path)
     assert digest(first / "model.safetensors") == digest(second / "model.safetensors")
     assert digest(first / "tokenizer.json") == digest(second / "tokenizer.json")
     assert digest(first / "model.safetensors") != digest(other / "model.safetensors")
+
+
+def test_a_cached_build_is_built_once_and_is_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds: list[int] = []
+    build = tiny.build_tiny_model
+
+    def counted(out_dir: Path, **options):  # type: ignore[no-untyped-def]
+        builds.append(options["seed"])
+        return build(out_dir, **options)
+
+    monkeypatch.setattr(tiny, "build_tiny_model", counted)
+    cache = tmp_path / "cache"
+    with ThreadPoolExecutor(3) as pool:  # concurrent callers wait for the one build
+        found = set(pool.map(lambda _: cached_tiny_model(3, 15, cache=cache), range(3)))
+    assert len(found) == 1 and builds == [3]
+    (cached,) = found
+    fresh = build(tmp_path / "fresh", seed=3, pretrain_steps=15)
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert digest(cached / name) == digest(fresh / name), name
+    assert cached_tiny_model(3, 15, cache=cache) == cached and builds == [3]
+    assert cached_tiny_model(4, 15, cache=cache) != cached and builds == [3, 4]
+    assert not [path for path in cache.iterdir() if path.name.startswith(".building-")]
 
 
 def test_saved_model_has_chat_template_eos_and_float32(tiny_base: Path, tiny_tokenizer) -> None:

@@ -15,7 +15,7 @@ import pytest
 from evalhub.child_server import child_server
 from evalhub.cli.registry import register_directory
 from evalhub.client import Client
-from tests.conftest import built_once
+from tests.conftest import built_once, tiny_base_copy
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,9 +69,7 @@ def _random_adapter(base: Path, out: Path) -> None:
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
-    from evalhub.finetune.tiny import build_tiny_model
-
-    base = built_once(tmp_path_factory, "tiny-base", lambda root: build_tiny_model(root, seed=0))
+    base = built_once(tmp_path_factory, "tiny-base", tiny_base_copy)
     json_a = built_once(tmp_path_factory, "json-adapter-0", lambda r: _train_json(base, r, 0))
     json_b = built_once(tmp_path_factory, "json-adapter-1", lambda r: _train_json(base, r, 1))
     broken = built_once(tmp_path_factory, "broken-adapter", lambda r: _random_adapter(base, r))
