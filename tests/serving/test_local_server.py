@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -222,7 +223,17 @@ def test_mixed_concurrent_requests_answer_as_they_do_alone(client: openai.OpenAI
         assert together == alone
 
 
-def test_main_serves_a_model_and_adapters_from_the_command_line(models: Models) -> None:
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit is reaped by init, maybe not at once)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_main_serves_a_model_and_adapters_and_stops_when_its_parent_is_killed(
+    models: Models,
+) -> None:
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
@@ -243,11 +254,25 @@ def test_main_serves_a_model_and_adapters_from_the_command_line(models: Models) 
         "--log-level",
         "warning",
     ]
-    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # A stand-in for `evalhub serve`: it starts the backend in a session of its own, as the
+    # supervisor does, and is then killed before it can stop it.
+    parent_code = (
+        "import subprocess, sys, time; "
+        f"backend = subprocess.Popen({command!r}, start_new_session=True); "
+        "print(backend.pid, flush=True); time.sleep(600)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    backend = int(parent.stdout.readline())
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert process.poll() is None, "the server exited"
+            assert _running(backend), "the server exited"
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
                     break
@@ -258,6 +283,13 @@ def test_main_serves_a_model_and_adapters_from_the_command_line(models: Models) 
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x") as client:
             assert {card.id for card in client.models.list().data} == {"cli-tiny", "alpha"}
             assert chat_text(client, "alpha", PROMPTS[0])
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while _running(backend):
+            assert time.monotonic() < deadline, "the backend outlived its killed parent"
+            time.sleep(0.2)
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        parent.kill()
+        if _running(backend):
+            os.kill(backend, signal.SIGKILL)

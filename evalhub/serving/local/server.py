@@ -14,7 +14,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -379,7 +382,18 @@ def main(argv: list[str] | None = None) -> None:
     for name, path in args.adapter:
         engine.load_adapter(name, path)
     app = create_local_app(engine, args.served_model_name or Path(args.model).resolve().name)
+    threading.Thread(target=_stop_with_parent, args=(os.getppid(),), daemon=True).start()
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def _stop_with_parent(parent: int, every: float = 1.0) -> None:
+    """A managed backend runs in a session of its own, out of reach of its server's signals, and
+    the server stops it on the way out; a server that is killed never gets there. Its backend
+    then stops itself, as on SIGTERM, instead of holding its port and memory with no one to
+    send it traffic."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":
