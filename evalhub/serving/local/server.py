@@ -347,6 +347,7 @@ def parse_adapter(text: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
+    parent = os.getppid()  # before loading the model, which a killed server may not outlast
     parser = argparse.ArgumentParser(
         prog="python -m evalhub.serving.local.server",
         description="Serve a base model and its LoRA adapters with the OpenAI and vLLM admin APIs.",
@@ -382,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, path in args.adapter:
         engine.load_adapter(name, path)
     app = create_local_app(engine, args.served_model_name or Path(args.model).resolve().name)
-    threading.Thread(target=_stop_with_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_stop_with_parent, args=(parent,), daemon=True).start()
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 
