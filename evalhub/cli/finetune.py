@@ -526,11 +526,8 @@ def create_tiny(
     as_json: JsonFlag = False,
 ) -> None:
     """Build the tiny Llama base and its tokenizer offline and register it as a base version."""
-    import torch
-
     from evalhub.finetune.tiny import build_tiny_model, cached_tiny_model
 
-    torch.set_num_threads(1)  # bit-identical builds, and kind to a shared machine
     with tempfile.TemporaryDirectory(prefix="evalhub-tiny-") as work:
         with Progress(
             TextColumn("building tiny model"), BarColumn(), MofNCompleteColumn(),

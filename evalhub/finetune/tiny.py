@@ -9,6 +9,7 @@ is why a build can be kept in the machine's cache and reused (`cached_tiny_model
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import importlib.metadata
@@ -16,7 +17,7 @@ import importlib.util
 import os
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,18 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 512) -> Any:
     return tokenizer
 
 
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def build_tiny_model(
     out_dir: Path,
     *,
@@ -149,27 +162,31 @@ def build_tiny_model(
     model = LlamaForCausalLM(config).float()
 
     data = tokenize_dataset(tokenizer, copy_examples(pretrain_steps * batch_size, seed)).examples
-    if pretrain_steps > 0:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
-        warmup = max(1, pretrain_steps // 10)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: (
-                min(1.0, (step + 1) / warmup)
-                * max(0.05, 1 - max(0, step - warmup) / max(1, pretrain_steps - warmup))
-            ),
-        )
-        model.train()
-        for step in range(pretrain_steps):
-            batch = collate(data[step * batch_size : (step + 1) * batch_size], config.pad_token_id)
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            if progress is not None:
-                progress({"stage": "pretrain", "step": step + 1, "loss": loss.item()})
+    # One CPU thread: another thread count sums in another order, and gives other bytes.
+    with _one_torch_thread():
+        if pretrain_steps > 0:
+            optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+            warmup = max(1, pretrain_steps // 10)
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer,
+                lambda step: (
+                    min(1.0, (step + 1) / warmup)
+                    * max(0.05, 1 - max(0, step - warmup) / max(1, pretrain_steps - warmup))
+                ),
+            )
+            model.train()
+            for step in range(pretrain_steps):
+                batch = collate(
+                    data[step * batch_size : (step + 1) * batch_size], config.pad_token_id
+                )
+                loss = model(**batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                if progress is not None:
+                    progress({"stage": "pretrain", "step": step + 1, "loss": loss.item()})
     model.eval()
 
     model.generation_config = GenerationConfig(
@@ -221,8 +238,6 @@ def cached_tiny_model(
     build lands by rename, so concurrent callers build once and never see half a directory.
     Callers copy from it; nothing writes into it.
     """
-    import torch
-
     cache = cache or tiny_cache()
     built = cache / build_key(seed, pretrain_steps)
     if built.is_dir():
@@ -231,17 +246,12 @@ def cached_tiny_model(
     with open(cache / f"{built.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not built.is_dir():
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # the bit-identical build the key promises
-            try:
-                with tempfile.TemporaryDirectory(dir=cache, prefix=".building-") as work:
-                    build_tiny_model(
-                        Path(work) / "model",
-                        seed=seed,
-                        pretrain_steps=pretrain_steps,
-                        progress=progress,
-                    )
-                    (Path(work) / "model").rename(built)
-            finally:
-                torch.set_num_threads(threads)
+            with tempfile.TemporaryDirectory(dir=cache, prefix=".building-") as work:
+                build_tiny_model(
+                    Path(work) / "model",
+                    seed=seed,
+                    pretrain_steps=pretrain_steps,
+                    progress=progress,
+                )
+                (Path(work) / "model").rename(built)
     return built
